@@ -1,0 +1,70 @@
+"""What every script shares: argparse groups built from the settings
+dataclasses, and one way to turn user errors into a one-line message."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+
+from pcam.errors import PcamError
+
+
+def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
+    """Add one ``--option`` per field of dataclass ``cls``, in a group.
+
+    The option's default, type, choices and help all come from the field, so
+    the command line cannot drift from the settings it fills.
+    """
+    group = parser.add_argument_group(title, cls.__doc__.splitlines()[0])
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if isinstance(f.default, bool):
+            group.add_argument(flag, dest=f.name, default=f.default,
+                               action=argparse.BooleanOptionalAction, help=help_text)
+            continue
+        if f.default not in ("", 0, 0.0):
+            help_text += f" (default: {f.default})"
+        group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
+                           choices=f.metadata.get("choices"), help=help_text,
+                           metavar=None if "choices" in f.metadata else f.name.upper())
+
+
+def settings_from_args(cls, args: argparse.Namespace, **overrides):
+    """Build ``cls`` from the parsed options (fields not on the command line
+    keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if hasattr(args, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+
+def command(main):
+    """Decorate a command's ``main(argv)`` so that calling it runs it as ``run`` does
+    (scripts and console entry points call it with no arguments)."""
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        run(main, argv)
+    return wrapper
+
+
+def run(main, argv=None) -> None:
+    """Call ``main(argv)`` and exit with its status.
+
+    A ``PcamError`` is the user's to fix: print it as one line (no
+    traceback) and exit 2. Ctrl-C exits 130 with a reminder that finished
+    work is kept.
+    """
+    try:
+        status = main(argv)
+    except PcamError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is kept; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)

@@ -1,0 +1,24 @@
+"""Check the competition's files and build the tile stores (train and test).
+
+    python scripts/prepare.py [--data-dir D] [--skip-bad]
+
+Training and prediction build the stores themselves the first time they need
+them; run this to do that step on its own (for example before a long job).
+A store that is up to date is reused in well under a second.
+"""
+import argparse
+
+from pcam.cli import add_settings, command, settings_from_args
+from pcam.settings import DataSettings
+
+
+@command
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="prepare.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings(parser, DataSettings, "data")
+    args = parser.parse_args(argv)
+
+    from pcam.store import prepare  # imported after parsing: --help answers without TensorFlow
+
+    prepare(settings_from_args(DataSettings, args))

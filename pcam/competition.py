@@ -1,0 +1,142 @@
+"""The competition's facts, and reading and checking its files.
+
+Layout of a competition folder (what Kaggle ships, and what
+``make_kaggle_layout.py`` writes)::
+
+    train/<id>.tif            96x96 RGB uint8 tiles
+    test/<id>.tif
+    train_labels.csv          id,label   (label 1 = tumour in the centre 32x32)
+    sample_submission.csv     id,label   (test ids, in submission order)
+
+Checks here are cheap (CSV contents, file listings) so they run before any
+long work. Tiles are decoded, and checked, by the ingest (``pcam.store``),
+which does that work once anyway.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pcam.errors import PcamError
+
+NAME = "histopathologic-cancer-detection"
+N_TRAIN = 220_025
+N_TEST = 57_458
+TILE_SHAPE = (96, 96, 3)
+TRAIN_CSV = "train_labels.csv"
+TEST_CSV = "sample_submission.csv"
+SHOW = 5  # how many names an error message lists before "..."
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's tiles: ids in their canonical order, and labels (-1 for test)."""
+
+    name: str
+    tile_dir: Path
+    ids: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    def path(self, tile_id: str) -> Path:
+        return self.tile_dir / f"{tile_id}.tif"
+
+
+def _names(items, show=SHOW) -> str:
+    items = list(items)
+    head = ", ".join(str(i) for i in items[:show])
+    return head + (f", ... ({len(items)} in all)" if len(items) > show else "")
+
+
+def read_ids_csv(path: Path, *, labelled: bool) -> tuple[pd.DataFrame | None, list[str]]:
+    """Read an ``id,label`` CSV; return the table and every problem found.
+
+    The table is None when the file cannot be read as ``id,label`` at all.
+    """
+    if not path.is_file():
+        return None, [f"{path}: missing"]
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return None, [f"{path}: empty file (expected a header 'id,label')"]
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        return None, [f"{path}: not a readable CSV ({str(err).strip()})"]
+    if list(table.columns) != ["id", "label"]:
+        header = ",".join(map(str, table.columns))
+        return None, [f"{path}: header is '{header}', expected 'id,label'"]
+    problems = []
+    if table.empty:
+        problems.append(f"{path}: no rows under the header")
+    dup = table["id"][table["id"].duplicated(keep=False)]
+    if len(dup):
+        rows = [f"row {i + 2} '{v}'" for i, v in dup.items()]
+        problems.append(f"{path}: {dup.nunique()} id(s) appear more than once: {_names(rows)}")
+    empty = table.index[table["id"].str.strip() == ""]
+    if len(empty):
+        problems.append(f"{path}: {len(empty)} empty id(s) at {_names(f'row {i + 2}' for i in empty)}")
+    if labelled:
+        bad = table[~table["label"].isin(["0", "1"])]
+        if len(bad):
+            rows = [f"row {i + 2} label '{v}'" for i, v in bad["label"].items()]
+            problems.append(f"{path}: {len(bad)} label(s) not 0 or 1: {_names(rows)}")
+    return table, problems
+
+
+def list_tiles(tile_dir: Path) -> set[str]:
+    """Ids of the ``*.tif`` files in ``tile_dir`` (empty when it is missing)."""
+    if not tile_dir.is_dir():
+        return set()
+    with os.scandir(tile_dir) as entries:
+        return {e.name[:-4] for e in entries if e.name.endswith(".tif")}
+
+
+def _match(table: pd.DataFrame, tile_dir: Path, csv: Path) -> list[str]:
+    problems = []
+    if not tile_dir.is_dir():
+        return [f"{tile_dir}/: missing (expected one .tif per id of {csv.name})"]
+    on_disk = list_tiles(tile_dir)
+    ids = set(table["id"])
+    no_tile = sorted(ids - on_disk)
+    no_id = sorted(on_disk - ids)
+    if no_tile:
+        problems.append(f"{csv}: {len(no_tile)} id(s) have no tile in {tile_dir}/: {_names(no_tile)}")
+    if no_id:
+        problems.append(f"{tile_dir}/: {len(no_id)} tile(s) have no id in {csv.name}: "
+                        f"{_names(t + '.tif' for t in no_id)}")
+    return problems
+
+
+def read_competition(data_dir: Path) -> tuple[Split, Split]:
+    """Read and cross-check the competition's CSVs and tile listings.
+
+    Every problem is collected and raised together in one ``PcamError``
+    (counts and the first few names each), so a user fixes them in one go.
+
+    Returns:
+        The train split (ids in ``train_labels.csv`` order, labels 0/1) and
+        the test split (ids in ``sample_submission.csv`` order, labels -1).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PcamError(f"{data_dir}: no such folder; download the data first "
+                        f"(python scripts/download.py) or pass --data-dir")
+    train_csv, test_csv = data_dir / TRAIN_CSV, data_dir / TEST_CSV
+    train, problems = read_ids_csv(train_csv, labelled=True)
+    test, test_problems = read_ids_csv(test_csv, labelled=False)
+    problems += test_problems
+    if train is not None:
+        problems += _match(train, data_dir / "train", train_csv)
+    if test is not None:
+        problems += _match(test, data_dir / "test", test_csv)
+    if problems:
+        raise PcamError(f"{data_dir} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return (Split("train", data_dir / "train", tuple(train["id"]), tuple(train["label"].astype(int))),
+            Split("test", data_dir / "test", tuple(test["id"]), (-1,) * len(test)))
+
+
+def check_listing(data_dir: Path) -> tuple[int, int]:
+    """Check the folder's CSVs against its tiles, without decoding; return (n_train, n_test)."""
+    train, test = read_competition(data_dir)
+    return len(train.ids), len(test.ids)

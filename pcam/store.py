@@ -1,0 +1,268 @@
+"""The tile store: tiles decoded once into sharded TFRecords, plus a manifest.
+
+Decoding 220,025 TIFFs every epoch would starve any accelerator (tifffile
+decodes ~2-5k tiles/s per core; inside ``tf.py_function`` a tf.data
+pipeline gets ~1.2k/s). So tiles are decoded once, in parallel, into::
+
+    STORE/<split>/shard-<fingerprint>-00000-of-00027.tfrecord   raw uint8 tiles + id + label + index
+    STORE/<split>/index.csv        id,label in store order (folds are made from it)
+    STORE/<split>/bad_tiles.csv    tiles left out with --skip-bad, and why
+    STORE/<split>/manifest.json    written last: its presence means "complete"
+
+Shards are written under temporary names and renamed, the manifest last, so
+an interrupted ingest is never taken for complete; a re-run keeps the
+finished shards (their names carry the source fingerprint) and does the
+rest. A store whose source listing changed is rebuilt.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pcam import competition
+from pcam.competition import TILE_SHAPE, Split, read_competition
+from pcam.errors import PcamError
+from pcam.io import atomic_write_text
+from pcam.settings import DataSettings
+from pcam.tiles import decode_tile
+
+FORMAT = 1
+FEATURES = ("image", "id", "label", "index")
+
+
+@dataclass(frozen=True)
+class Store:
+    """A finished tile store of one split."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def shards(self) -> list[Path]:
+        return [self.path / s["file"] for s in self.manifest["shards"]]
+
+    @property
+    def n_tiles(self) -> int:
+        return self.manifest["n_tiles"]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the raw tiles, which is what a RAM cache of the store holds."""
+        return self.n_tiles * int(np.prod(self.manifest["tile_shape"]))
+
+    def index(self) -> pd.DataFrame:
+        """Table of ``id``, ``label`` in store order (row i has ``index`` i)."""
+        return pd.read_csv(self.path / "index.csv", dtype={"id": str, "label": int})
+
+
+def open_store(path: Path) -> Store:
+    """Open a finished store; a missing or unfinished one is a PcamError."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise PcamError(f"{path}: no finished tile store here; build it with "
+                        f"python scripts/prepare.py --data-dir DATA_DIR") from None
+    if manifest.get("format") != FORMAT:
+        raise PcamError(f"{path}: store format {manifest.get('format')} is not {FORMAT}; "
+                        "delete the folder and run scripts/prepare.py again")
+    return Store(path, manifest)
+
+
+def fingerprint(split: Split) -> str:
+    """Hash of what the store is built from: ids, labels and order, plus the
+    names of the tile files. Names, not stat() of 220k files, so that an
+    up-to-date store is recognised in well under a second."""
+    digest = hashlib.sha256()
+    digest.update(f"{FORMAT}|{split.name}|{TILE_SHAPE}".encode())
+    digest.update("\n".join(split.ids).encode())
+    digest.update(np.asarray(split.labels, np.int64).tobytes())
+    digest.update("\n".join(sorted(competition.list_tiles(split.tile_dir))).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False) -> dict[str, Store]:
+    """Check the competition folder, then build (or reuse) one store per split.
+
+    Returns:
+        ``{"train": Store, "test": Store}`` (the splits asked for).
+    """
+    found = dict(zip(("train", "test"), read_competition(Path(settings.data_dir))))
+    return {name: build_store(found[name], settings.store_path / name, settings, quiet=quiet)
+            for name in splits}
+
+
+def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -> Store:
+    """Ingest ``split`` into a store at ``out``, reusing or resuming what is there."""
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    fp = fingerprint(split)
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        store = open_store(out)
+        if store.manifest["fingerprint"] == fp:
+            say(f"{split.name} store up to date: {out} ({store.n_tiles:,} tiles)")
+            return store
+        say(f"{split.name}: the source files changed since {out} was built; rebuilding it")
+        manifest.unlink()  # first, so that an interrupted rebuild is never taken for complete
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():  # other fingerprints' shards, temporary files of a killed run
+        if stale.name.startswith(".") or (stale.suffix == ".tfrecord" and fp not in stale.name):
+            stale.unlink()
+
+    chunks = [split.ids[i:i + settings.shard_tiles]
+              for i in range(0, len(split.ids), settings.shard_tiles)] or [()]
+    names = [f"shard-{fp}-{i:05d}-of-{len(chunks):05d}.tfrecord" for i in range(len(chunks))]
+    todo = [i for i, name in enumerate(names) if not (out / name).is_file()]
+    if len(todo) < len(chunks):
+        say(f"{split.name}: resuming, {len(chunks) - len(todo)} of {len(chunks)} shards already done")
+    bad = _ingest(split, out, chunks, names, todo, settings)
+    # Tiles of finished shards were checked when those shards were written; what
+    # they left out is recorded in their sidecar lists.
+    bad = _bad_tiles(out, names, bad)
+    if bad and not settings.skip_bad:
+        _write_bad(out / "bad_tiles.csv", bad)
+        raise PcamError(
+            f"{len(bad)} {split.name} tile(s) cannot be used: "
+            + "; ".join(f"{p}.tif {why}" for p, why in bad[:competition.SHOW])
+            + (" ..." if len(bad) > competition.SHOW else "")
+            + f". Replace or remove them, or pass --skip-bad to leave them out "
+            f"(full list: {out / 'bad_tiles.csv'})")
+    return _finish(split, out, chunks, names, fp, bad, say)
+
+
+def _ingest(split, out, chunks, names, todo, settings) -> dict[int, list]:
+    """Decode and write the shards in ``todo`` in parallel, one shard per job."""
+    import tensorflow as tf  # noqa: F401 -- loaded once here, before workers fork
+
+    offsets = np.cumsum([0] + [len(c) for c in chunks])
+    jobs = [_ShardJob(split.tile_dir, chunks[c], split.labels[offsets[c]:offsets[c + 1]],
+                      int(offsets[c]), out, names[c], settings.skip_bad) for c in todo]
+    workers = min(settings.workers or os.cpu_count() or 1, len(jobs))
+    bad: dict[int, list] = {}
+    with _pool(workers) as pool, tqdm(total=sum(len(j.ids) for j in jobs), unit="tile",
+                                      desc=f"ingest {split.name}", smoothing=0.1) as progress:
+        done = pool.imap_unordered(_write_shard, jobs) if pool else map(_write_shard, jobs)
+        for name, n, problems in done:
+            if problems:
+                bad[names.index(name)] = problems
+            progress.update(n)
+    return bad
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    tile_dir: Path
+    ids: tuple[str, ...]
+    labels: tuple[int, ...]
+    first_index: int
+    out: Path
+    name: str
+    skip_bad: bool
+
+
+def _write_shard(job: _ShardJob) -> tuple[str, int, list]:
+    """Decode one shard's tiles and write it (runs in a worker process).
+
+    A shard with a bad tile is kept only with ``skip_bad`` (its bad tiles are
+    listed in ``<shard>.bad.csv``); otherwise it is dropped, so no store ever
+    holds it, and the next run redoes it.
+    """
+    import tensorflow as tf
+
+    tmp = job.out / f".{job.name}.tmp-{os.getpid()}"
+    bad = []
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for k, (tile_id, label) in enumerate(zip(job.ids, job.labels)):
+            image, problem = decode_tile(job.tile_dir / f"{tile_id}.tif")
+            if problem:
+                bad.append((tile_id, problem))
+            else:
+                writer.write(_example(image.tobytes(), tile_id, label, job.first_index + k))
+    if bad and not job.skip_bad:
+        tmp.unlink()
+    else:
+        if bad:
+            _write_bad(job.out / f"{job.name}.bad.csv", bad)
+        os.replace(tmp, job.out / job.name)
+    return job.name, len(job.ids), bad
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    """A process pool for decoding, or None for in-process work.
+
+    'fork' starts workers in milliseconds without re-importing TensorFlow;
+    they only run numpy and tifffile, never TensorFlow, so the parent's TF
+    threads cannot deadlock them. Elsewhere (macOS, Windows) 'spawn'.
+    """
+    if workers <= 1:
+        yield None
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        yield pool
+
+
+def _example(image: bytes, tile_id: str, label: int, index: int) -> bytes:
+    import tensorflow as tf
+
+    feature = tf.train.Feature
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": feature(bytes_list=tf.train.BytesList(value=[image])),
+        "id": feature(bytes_list=tf.train.BytesList(value=[tile_id.encode()])),
+        "label": feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "index": feature(int64_list=tf.train.Int64List(value=[int(index)])),
+    })).SerializeToString()
+
+
+def _write_bad(path: Path, bad: list) -> None:
+    atomic_write_text(path, pd.DataFrame(bad, columns=["id", "problem"]).to_csv(index=False))
+
+
+def _bad_tiles(out: Path, names: list[str], fresh: dict[int, list]) -> list:
+    """All bad tiles: found now, or recorded beside shards finished earlier."""
+    bad = []
+    for c, name in enumerate(names):
+        if c in fresh:
+            bad += fresh[c]
+        elif (out / f"{name}.bad.csv").is_file():
+            bad += pd.read_csv(out / f"{name}.bad.csv", dtype=str).itertuples(index=False, name=None)
+    return bad
+
+
+def _finish(split, out, chunks, names, fp, bad, say) -> Store:
+    """Write index.csv, bad_tiles.csv and, last, manifest.json."""
+    left_out = {tile_id for tile_id, _ in bad}
+    index = pd.DataFrame({"id": split.ids, "label": split.labels})
+    index = index[~index["id"].isin(left_out)]
+    atomic_write_text(out / "index.csv", index.to_csv(index=False))
+    _write_bad(out / "bad_tiles.csv", bad)
+    counts = index["label"].value_counts().sort_index()
+    manifest = {
+        "format": FORMAT,
+        "split": split.name,
+        "source": str(split.tile_dir.resolve()),
+        "fingerprint": fp,
+        "n_tiles": len(index),
+        "label_counts": {str(k): int(v) for k, v in counts.items()},
+        "tile_shape": list(TILE_SHAPE),
+        "shards": [{"file": name, "n_tiles": sum(t not in left_out for t in chunk)}
+                   for name, chunk in zip(names, chunks)],
+        "bad_tiles": len(bad),
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    say(f"{split.name} store ready: {out} ({len(index):,} tiles in {len(names)} shard(s)"
+        + (f", {len(bad)} bad tile(s) left out, listed in {out / 'bad_tiles.csv'}" if bad else "")
+        + ")")
+    return Store(out, manifest)

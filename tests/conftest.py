@@ -1,0 +1,46 @@
+"""Fixtures that lay out real PCam tiles in the competition's layout.
+
+The tiles come from ../shared/data/pcam-real (beside the repository, for
+tests and benchmarks only). Without it the tests that need tiles are skipped
+with a message that says so.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PCAM_REAL = REPO.parent / "shared" / "data" / "pcam-real"
+MISSING = (f"real PCam tiles not found at {PCAM_REAL}: the tests that need tiles "
+           "run only beside ../shared/data/pcam-real")
+
+
+def make_layout(dest: Path, train: int, test: int, seed: int = 0, zip_path: Path | None = None):
+    """Run the shared make_kaggle_layout.py: real tiles as uncompressed TIFFs."""
+    if not PCAM_REAL.is_dir():
+        pytest.skip(MISSING)
+    cmd = [sys.executable, str(PCAM_REAL / "make_kaggle_layout.py"), str(dest),
+           "--train", str(train), "--test", str(test), "--seed", str(seed)]
+    if zip_path:
+        cmd += ["--zip", str(zip_path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def layout_cache(tmp_path_factory):
+    """300 train + 100 test real tiles, laid out once per session; copy before changing."""
+    return make_layout(tmp_path_factory.mktemp("kaggle") / "comp", train=300, test=100)
+
+
+@pytest.fixture
+def layout(layout_cache, tmp_path):
+    """A private copy of the 300/100-tile layout that a test may damage."""
+    dest = tmp_path / "comp"
+    shutil.copytree(layout_cache, dest)
+    shutil.copy(str(layout_cache) + ".answers.csv", str(dest) + ".answers.csv")
+    return dest

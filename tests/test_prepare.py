@@ -1,0 +1,203 @@
+"""Validation and ingest of the competition's files, on real tiles.
+
+Each bad input is made by the test from a real layout; the command must name
+the file or row, exit non-zero without a traceback, and leave no store that
+looks complete.
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from pcam.competition import read_competition
+from pcam.errors import PcamError
+from pcam.settings import DataSettings
+from pcam.store import open_store, prepare
+
+from conftest import REPO
+
+
+def first_train_id(layout):
+    return pd.read_csv(layout / "train_labels.csv")["id"].iloc[0]
+
+
+def truncated(layout):
+    path = layout / "train" / f"{first_train_id(layout)}.tif"
+    path.write_bytes(path.read_bytes()[:2000])
+    return path.name
+
+
+def small_tile(layout):
+    path = layout / "train" / f"{first_train_id(layout)}.tif"
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    return "64x64x3"
+
+
+def rgba_tile(layout):
+    path = layout / "train" / f"{first_train_id(layout)}.tif"
+    tifffile.imwrite(path, np.zeros((96, 96, 4), np.uint8), photometric="rgb", extrasamples=[2])
+    return "96x96x4"
+
+
+def text_as_tif(layout):
+    path = layout / "train" / f"{first_train_id(layout)}.tif"
+    path.write_text("this is not an image\n")
+    return path.stem
+
+
+def duplicate_id(layout):
+    csv = layout / "train_labels.csv"
+    table = pd.read_csv(csv, dtype=str)
+    pd.concat([table, table.iloc[[3]]]).to_csv(csv, index=False)
+    return table["id"].iloc[3]
+
+
+def label_two(layout):
+    csv = layout / "train_labels.csv"
+    table = pd.read_csv(csv, dtype=str)
+    table.loc[5, "label"] = "2"
+    table.to_csv(csv, index=False)
+    return "row 7 label '2'"
+
+
+def missing_tile(layout):
+    tile_id = first_train_id(layout)
+    (layout / "train" / f"{tile_id}.tif").unlink()
+    return tile_id
+
+
+def extra_tile(layout):
+    src = layout / "train" / f"{first_train_id(layout)}.tif"
+    (layout / "train" / "extra0000.tif").write_bytes(src.read_bytes())
+    return "extra0000.tif"
+
+
+def empty_csv(layout):
+    (layout / "train_labels.csv").write_text("")
+    return "train_labels.csv: empty file"
+
+
+def wrong_header(layout):
+    csv = layout / "train_labels.csv"
+    csv.write_text(csv.read_text().replace("id,label", "image,target", 1))
+    return "header is 'image,target'"
+
+
+BAD_INPUTS = [truncated, small_tile, rgba_tile, text_as_tif, duplicate_id, label_two,
+              missing_tile, extra_tile, empty_csv, wrong_header]
+
+
+def run_prepare(layout, *extra):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "prepare.py"),
+                           "--data-dir", str(layout), *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("damage", BAD_INPUTS, ids=lambda f: f.__name__)
+def test_bad_input_is_named_and_nothing_half_written(layout, damage):
+    expected = damage(layout)
+    result = run_prepare(layout)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr
+    assert any(line.startswith("error: ") for line in result.stderr.splitlines())
+    assert not (layout / "store" / "train" / "manifest.json").exists()
+    leftovers = list((layout / "store").rglob(".*tmp*")) if (layout / "store").exists() else []
+    assert leftovers == []
+
+
+def test_problems_are_reported_together(layout):
+    duplicate_id(layout)
+    label_two(layout)
+    extra_tile(layout)
+    with pytest.raises(PcamError) as err:
+        read_competition(layout)
+    message = str(err.value)
+    assert "3 problem(s)" in message
+    assert "more than once" in message and "not 0 or 1" in message and "extra0000.tif" in message
+
+
+def test_store_holds_every_tile_exactly(layout):
+    stores = prepare(DataSettings(data_dir=str(layout), shard_tiles=128, workers=2), quiet=True)
+    train, test = stores["train"], stores["test"]
+    labels = pd.read_csv(layout / "train_labels.csv", dtype={"id": str})
+    assert train.n_tiles == 300 and len(train.shards) == 3
+    assert train.manifest["label_counts"] == {
+        str(k): int(v) for k, v in labels["label"].value_counts().sort_index().items()}
+    assert list(test.index()["id"]) == list(pd.read_csv(layout / "sample_submission.csv")["id"])
+
+    import tensorflow as tf
+    from pcam.pipeline import parse
+
+    raw = next(iter(tf.data.TFRecordDataset([str(p) for p in train.shards]).batch(300)))
+    records = parse(raw)
+    assert list(records["index"].numpy()) == list(range(300))
+    for k in (0, 137, 299):
+        tile_id = records["id"][k].numpy().decode()
+        assert tile_id == labels["id"][k]
+        assert records["label"][k] == labels["label"][k]
+        original = tifffile.imread(layout / "train" / f"{tile_id}.tif")
+        np.testing.assert_array_equal(records["image"][k].numpy(), original)
+
+
+def test_up_to_date_store_is_reused_fast(layout, capsys):
+    settings = DataSettings(data_dir=str(layout), workers=1)
+    first = prepare(settings, splits=("train",))["train"]
+    import time
+    start = time.perf_counter()
+    again = prepare(settings, splits=("train",))["train"]
+    assert time.perf_counter() - start < 1.0
+    assert again.manifest == first.manifest
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_changed_source_is_rebuilt(layout, capsys):
+    settings = DataSettings(data_dir=str(layout), workers=1)
+    before = prepare(settings, splits=("train",))["train"]
+    missing_tile(layout)
+    csv = layout / "train_labels.csv"
+    table = pd.read_csv(csv, dtype=str)
+    table.iloc[1:].to_csv(csv, index=False)   # the tile and its row both gone
+    after = prepare(settings, splits=("train",))["train"]
+    assert "changed" in capsys.readouterr().out
+    assert after.n_tiles == before.n_tiles - 1
+    assert after.manifest["fingerprint"] != before.manifest["fingerprint"]
+    assert sorted(p.name for p in after.path.glob("*.tfrecord")) == \
+        sorted(p.name for p in after.shards)
+
+
+def test_interrupted_ingest_resumes_with_finished_shards(layout, capsys):
+    settings = DataSettings(data_dir=str(layout), shard_tiles=100, workers=1)
+    truncated(layout)                                   # shard 0 cannot be finished...
+    with pytest.raises(PcamError):
+        prepare(settings, splits=("train",))
+    out = layout / "store" / "train"
+    done = sorted(p.name for p in out.glob("*.tfrecord"))
+    assert len(done) == 2 and not (out / "manifest.json").exists()
+    mtimes = {name: (out / name).stat().st_mtime_ns for name in done}
+    # ... a re-run that may skip it keeps the two finished shards and writes only the third.
+    store = prepare(DataSettings(**{**settings.__dict__, "skip_bad": True}), splits=("train",))["train"]
+    assert "resuming, 2 of 3 shards" in capsys.readouterr().out
+    assert {name: (out / name).stat().st_mtime_ns for name in done} == mtimes
+    assert store.n_tiles == 299 and store.manifest["bad_tiles"] == 1
+    bad = pd.read_csv(out / "bad_tiles.csv")
+    assert bad["id"].tolist() == [first_train_id(layout)]
+    assert first_train_id(layout) not in set(store.index()["id"])
+
+
+def test_skip_bad_leaves_tiles_out(layout):
+    expected = rgba_tile(layout)
+    result = run_prepare(layout, "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((layout / "store" / "train" / "manifest.json").read_text())
+    assert manifest["n_tiles"] == 299 and manifest["bad_tiles"] == 1
+    assert expected in (layout / "store" / "train" / "bad_tiles.csv").read_text()
+
+
+def test_open_store_without_manifest_says_what_to_do(tmp_path):
+    with pytest.raises(PcamError, match="scripts/prepare.py"):
+        open_store(tmp_path)
