@@ -1,0 +1,93 @@
+"""Fold assignment and class balance.
+
+Folds are made once per run and saved as ``folds.csv`` (id, label, fold) in
+the run directory; a resumed run reads them back, so every fold of a run is
+trained and evaluated on the same split even if the seed handling changes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from pcam.errors import PcamError
+from pcam.io import atomic_write_text
+from pcam.settings import FoldSettings
+
+
+def subset(index: pd.DataFrame, max_tiles: int, seed: int) -> pd.DataFrame:
+    """A stratified subset of ``max_tiles`` rows (all rows when 0 or more than there are)."""
+    if not max_tiles or max_tiles >= len(index):
+        return index
+    if max_tiles < 2 * index["label"].nunique():
+        raise PcamError(f"--max-tiles {max_tiles} is too small: need at least 2 tiles per class")
+    keep, _ = train_test_split(index.index, train_size=max_tiles, stratify=index["label"],
+                               random_state=seed)
+    return index.loc[np.sort(keep)]
+
+
+def read_groups(path: Path, ids) -> np.ndarray:
+    """Group (slide) of each id from a CSV with an id column and one group column."""
+    path = Path(path)
+    if not path.is_file():
+        raise PcamError(f"{path}: groups file not found (expected a CSV mapping id -> slide)")
+    table = pd.read_csv(path, dtype=str)
+    if "id" not in table.columns or len(table.columns) < 2:
+        raise PcamError(f"{path}: needs an 'id' column and a group column (e.g. id,wsi)")
+    group_col = [c for c in table.columns if c != "id"][0]
+    groups = table.drop_duplicates("id").set_index("id")[group_col].reindex(list(ids))
+    missing = groups.index[groups.isna()]
+    if len(missing):
+        raise PcamError(f"{path}: {len(missing)} id(s) have no group, e.g. {', '.join(missing[:5])}")
+    return groups.to_numpy()
+
+
+def assign_folds(index: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
+    """``index`` (id, label) with a ``fold`` column: seeded StratifiedKFold, or
+    StratifiedGroupKFold when ``settings.groups`` names a slide map (tiles of one
+    slide are correlated; splitting them across folds inflates validation AUC)."""
+    k = settings.folds
+    if k < 2:
+        raise PcamError(f"--folds {k}: need at least 2 folds (one to train on, one to validate)")
+    smallest = index["label"].value_counts().min() if len(index) else 0
+    if smallest < k:
+        raise PcamError(f"--folds {k}: the smallest class has only {smallest} tile(s); "
+                        f"use fewer folds or more tiles")
+    folds = np.zeros(len(index), np.int64)
+    labels = index["label"].to_numpy()
+    if settings.groups:
+        groups = read_groups(settings.groups, index["id"])
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=settings.seed)
+        splits = splitter.split(index, labels, groups)
+    else:
+        splits = StratifiedKFold(k, shuffle=True, random_state=settings.seed).split(index, labels)
+    for fold, (_, val) in enumerate(splits):
+        folds[val] = fold
+    return index.assign(fold=folds)
+
+
+def load_or_assign(path: Path, index: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
+    """Folds saved at ``path`` if there (a resumed run), else new ones saved there."""
+    path = Path(path)
+    if path.is_file():
+        saved = pd.read_csv(path, dtype={"id": str, "label": int, "fold": int})
+        if saved["fold"].max() + 1 != settings.folds:
+            raise PcamError(f"{path} has {saved['fold'].max() + 1} folds but --folds is "
+                            f"{settings.folds}; use the run's setting or a new --run")
+        unknown = set(saved["id"]) - set(index["id"])
+        if unknown:
+            raise PcamError(f"{path} names {len(unknown)} tile(s) not in the store "
+                            f"(e.g. {sorted(unknown)[0]}); the data changed: start a new --run")
+        return saved
+    folds = assign_folds(subset(index, settings.max_tiles, settings.seed), settings)
+    atomic_write_text(path, folds.to_csv(index=False))
+    return folds
+
+
+def class_weights(labels) -> dict[int, float]:
+    """Balanced loss weights n / (n_classes * n_c): each class adds equally to the loss."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    return {int(c): len(labels) / (len(classes) * n) for c, n in zip(classes, counts)}
