@@ -91,6 +91,12 @@ def fingerprint(split: Split) -> str:
     return digest.hexdigest()[:16]
 
 
+def is_current(split: Split, out: Path) -> bool:
+    """True when a finished store at ``out`` was built from exactly these files."""
+    manifest = Path(out) / "manifest.json"
+    return manifest.is_file() and open_store(out).manifest["fingerprint"] == fingerprint(split)
+
+
 def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False) -> dict[str, Store]:
     """Check the competition folder, then build (or reuse) one store per split.
 
