@@ -341,7 +341,8 @@ def verify(folder: Path, expected: tuple[int, int] | None = None, *, hint: str =
     return train, test
 
 
-def extract(zip_path: Path, dest: Path, *, expected: tuple[int, int] | None = None) -> tuple[int, int]:
+def extract(zip_path: Path, dest: Path, *, expected: tuple[int, int] | None = None,
+            downloaded: bool = True) -> tuple[int, int]:
     """Unpack a competition zip safely into ``dest``; return (n_train, n_test).
 
     Members are checked before anything is written: an absolute path, a
@@ -355,16 +356,18 @@ def extract(zip_path: Path, dest: Path, *, expected: tuple[int, int] | None = No
     The CRC check that ``ZipFile.testzip`` makes is made as each member is
     extracted (zipfile checks every member's CRC-32 as its last byte is
     read), so the 6 GB zip is read once, not twice. A corrupt zip is deleted,
-    so that the next run downloads it anew instead of skipping it as complete.
+    so that the next run downloads it anew instead of skipping it as complete
+    (but for one that was not ``downloaded``, such as the bundled demo sample).
     """
     zip_path, dest = Path(zip_path), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.extracting")
     if tmp.exists():  # left by an interrupted run
         shutil.rmtree(tmp)
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, EOFError) as err:
-        raise _corrupt(zip_path, err) from None
+        raise _corrupt(zip_path, err, downloaded) from None
     try:
         with archive:
             members = _safe_members(archive, zip_path)
@@ -372,7 +375,7 @@ def extract(zip_path: Path, dest: Path, *, expected: tuple[int, int] | None = No
             try:
                 _extract_members(archive, members, tmp, zip_path)
             except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-                raise _corrupt(zip_path, err) from None
+                raise _corrupt(zip_path, err, downloaded) from None
             except OSError as err:
                 if err.errno == errno.ENOSPC:
                     raise PcamError(f"disk full while extracting {zip_path} into {dest.parent}: free "
@@ -388,8 +391,10 @@ def extract(zip_path: Path, dest: Path, *, expected: tuple[int, int] | None = No
     return len(train.ids), len(test.ids)
 
 
-def _corrupt(zip_path: Path, err: Exception) -> PcamError:
-    """Delete a corrupt zip (and the client's resume marker) and say so."""
+def _corrupt(zip_path: Path, err: Exception, downloaded: bool = True) -> PcamError:
+    """Delete a corrupt downloaded zip (and the client's resume marker) and say so."""
+    if not downloaded:
+        return PcamError(f"{zip_path} is corrupt ({err}); reinstall pcam to restore it")
     with contextlib.suppress(FileNotFoundError):
         zip_path.unlink()
     with contextlib.suppress(FileNotFoundError):

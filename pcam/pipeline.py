@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from pcam.augment import compose, eval_ops, train_ops
+from pcam.errors import PcamError
 from pcam.settings import AugmentSettings, InputSettings
 from pcam.store import Store
 
@@ -37,13 +38,18 @@ def parse(records, shape=(96, 96, 3)):
     return example
 
 
-def records(store: Store, indices=None) -> tf.data.Dataset:
-    """Parsed records of ``store`` in store order, only those at ``indices`` if given.
+def record_chunks(store: Store, indices=None, worker=(0, 1)) -> tf.data.Dataset:
+    """Parsed records of ``store`` in store order, in chunks of up to 256 (dicts of
+    batched tensors), only those at ``indices`` if given.
 
-    The dataset starts from the shard file list, so a multi-worker strategy
-    can give each worker its own files (``AutoShardPolicy.FILE``).
+    ``worker=(index, count)``: in a multi-worker run each worker reads every
+    count-th shard file, starting at its index, so no tile is read twice.
     """
-    files = tf.data.Dataset.from_tensor_slices([str(p) for p in store.shards])
+    index, count = worker
+    if count > len(store.shards):
+        raise PcamError(f"{store.path} has {len(store.shards)} shard file(s) for {count} workers; "
+                        "rebuild the store with a smaller --shard-tiles")
+    files = tf.data.Dataset.from_tensor_slices([str(p) for p in store.shards[index::count]])
     shape = tuple(store.manifest["tile_shape"])
     ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1)  # keeps store order
     ds = ds.batch(256).map(lambda r: parse(r, shape), num_parallel_calls=AUTOTUNE)
@@ -51,9 +57,17 @@ def records(store: Store, indices=None) -> tf.data.Dataset:
         keep = np.zeros(store.n_tiles, bool)
         keep[np.asarray(indices, np.int64)] = True
         keep = tf.constant(keep)
-        ds = ds.map(lambda ex: {k: tf.boolean_mask(v, tf.gather(keep, ex["index"]))
-                                for k, v in ex.items()})
-    return ds.unbatch()
+        ds = ds.map(lambda ex: _mask(ex, tf.gather(keep, ex["index"])))
+    return ds
+
+
+def _mask(chunk: dict, keep) -> dict:
+    return {k: tf.boolean_mask(v, keep) for k, v in chunk.items()}
+
+
+def records(store: Store, indices=None, worker=(0, 1)) -> tf.data.Dataset:
+    """Parsed records one by one (see ``record_chunks``)."""
+    return record_chunks(store, indices, worker).unbatch()
 
 
 def _fits_in_ram(nbytes: int) -> bool:
@@ -76,21 +90,24 @@ def _compiled(op):
     return tf.function(op, jit_compile=op.xla)
 
 
-def _options(deterministic=True) -> tf.data.Options:
+def _options() -> tf.data.Options:
+    """Deterministic order, and no automatic sharding: training splits the
+    shard files between workers itself (``records``); evaluation and
+    prediction read everything on every worker, so each holds every prediction."""
     options = tf.data.Options()
-    options.deterministic = deterministic
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return options
 
 
 def train_dataset(store: Store, indices, inputs: InputSettings = InputSettings(),
                   augment: AugmentSettings = AugmentSettings(), *, seed: int = 0,
-                  balance: str = "weights") -> tf.data.Dataset:
+                  balance: str = "weights", worker=(0, 1)) -> tf.data.Dataset:
     """Shuffled, augmented ``(images, labels)`` batches of the tiles at ``indices``.
 
     One pass over the dataset is one epoch. ``balance="resample"`` draws both
     classes equally (an epoch still has ``len(indices)`` tiles) instead of
-    relying on loss weights. Same seed, same batches.
+    relying on loss weights. Same seed, same batches. ``worker``: see ``records``.
     """
     indices = np.asarray(indices, np.int64)
     cache = _should_cache(store, len(indices), inputs.cache)
@@ -100,7 +117,7 @@ def train_dataset(store: Store, indices, inputs: InputSettings = InputSettings()
         ds = ds.cache() if cache else ds
         return ds.shuffle(inputs.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    base = records(store, indices)
+    base = records(store, indices, worker)
     if balance == "resample":
         parts = [prepared(base.filter(lambda ex, c=c: tf.equal(ex["label"], c))).repeat()
                  for c in (0, 1)]
@@ -128,7 +145,7 @@ def eval_dataset(store: Store, indices=None, inputs: InputSettings = InputSettin
     ds = ds.cache() if _should_cache(store, n, inputs.cache) else ds
     op = compose(eval_ops(augment))
     ds = ds.batch(inputs.batch_size).map(lambda x, y: (op(x, None), y), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE).with_options(_options())
+    return _known_length(ds, n, inputs.batch_size).prefetch(AUTOTUNE).with_options(_options())
 
 
 def predict_dataset(store: Store, inputs: InputSettings = InputSettings(),
@@ -136,5 +153,12 @@ def predict_dataset(store: Store, inputs: InputSettings = InputSettings(),
     """Image batches of the whole store in store order (ids: ``store.index()``)."""
     op = compose(eval_ops(augment))
     ds = records(store).map(lambda ex: ex["image"]).batch(inputs.batch_size)
-    return ds.map(lambda x: op(x, None), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE) \
+    ds = ds.map(lambda x: op(x, None), num_parallel_calls=AUTOTUNE)
+    return _known_length(ds, store.n_tiles, inputs.batch_size).prefetch(AUTOTUNE) \
         .with_options(_options())
+
+
+def _known_length(ds, n_tiles: int, batch_size: int):
+    """Tell tf.data (and so Keras' progress bars) how many batches there are;
+    filtering makes the count unknowable to tf.data itself."""
+    return ds.apply(tf.data.experimental.assert_cardinality(-(-n_tiles // batch_size)))
