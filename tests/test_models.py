@@ -1,0 +1,238 @@
+"""Tests for pcam.models: registry, preprocessing, save/load, freezing, weights.
+
+Backbones are built with weights=None and small inputs (32x32, the smallest
+the Keras applications accept) so that the whole file runs in about a minute
+on 2 CPU cores; no test needs the network.
+"""
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+
+from pcam import models
+from pcam.errors import PcamError
+
+SMALL = 32  # image size for the ImageNet backbones in tests
+
+
+def _tiles(n=2, size=models.TILE_SIZE, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _small_model(name, **kwargs):
+    size = models.TILE_SIZE if name == "simple-cnn" else SMALL
+    return models.create_model(name, image_size=size, weights="none", **kwargs)
+
+
+def test_unknown_backbone_lists_the_valid_names():
+    with pytest.raises(PcamError) as error:
+        models.create_model("resnet51", weights="none")
+    message = str(error.value)
+    assert "resnet51" in message and "\n" not in message
+    for name in models.BACKBONES:
+        assert name in message
+
+
+def test_registry_holds_the_promised_backbones():
+    assert models.DEFAULT_BACKBONE == "resnet50"
+    assert {"resnet50", "resnet50v2", "densenet121", "efficientnetv2b0",
+            "simple-cnn"} <= set(models.BACKBONES)
+
+
+@pytest.mark.parametrize("name", list(models.BACKBONES))
+def test_preprocessing_layer_matches_keras_preprocess_input(name):
+    spec = models.BACKBONES[name]
+    tiles = _tiles(4).astype(np.float32)
+    expected = np.asarray(spec.preprocess_input(tiles.copy()))  # caffe mode edits in place
+    layer = spec.preprocessing()
+    got = tiles if layer is None else np.asarray(layer(tiles))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(models.BACKBONES))
+def test_model_saves_and_loads_with_identical_predictions(name, tmp_path):
+    model = _small_model(name)
+    tiles = _tiles(2)
+    before = model.predict(tiles, verbose=0)
+    assert before.shape == (2, 1) and before.dtype == np.float32
+
+    backbone = model.get_layer("backbone")
+    last_conv = backbone.get_layer(models.BACKBONES[name].last_conv_layer)
+    assert len(last_conv.output.shape) == 4  # a feature map Grad-CAM can weigh
+    assert last_conv.output is backbone.outputs[0]
+
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(tiles, verbose=0), before, rtol=1e-6, atol=1e-6)
+    assert loaded.get_layer("backbone").get_layer(last_conv.name)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """ResNet50 at 32x32 on 96x96 tiles: resize + caffe preprocessing + backbone."""
+    return _small_model("resnet50")
+
+
+def test_uint8_tile_gives_the_same_output_as_float_tile(resnet):
+    tiles = _tiles(2, seed=1)
+    as_uint8 = resnet.predict(tiles, verbose=0)
+    as_float = resnet.predict(tiles.astype(np.float32), verbose=0)
+    np.testing.assert_array_equal(as_uint8, as_float)
+
+
+def test_with_feature_output_gives_the_feature_map_and_the_same_probability():
+    model = models.create_model("simple-cnn", weights="none")
+    tiles = _tiles(2, seed=3)
+    features, probability = models.with_feature_output(model).predict(tiles, verbose=0)
+    assert features.shape == (2, 12, 12, 256)
+    np.testing.assert_allclose(probability, model.predict(tiles, verbose=0), atol=1e-6)
+
+
+def _params(layers):
+    return sum(layer.count_params() for layer in layers)
+
+
+def test_set_backbone_trainable_counts_and_keeps_batchnorm_frozen(resnet):
+    backbone = resnet.get_layer("backbone")
+    # The head's trainable scalars: Dense 2048x256+256, BatchNorm gamma+beta, Dense 256+1.
+    head = 2048 * 256 + 256 + 2 * 256 + 256 + 1
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    batchnorms = [layer for layer in backbone.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batchnorms) == 53
+
+    expected = {
+        False: head,
+        0: head,
+        # Top 3 blocks = stage conv5 (conv5_block1..3); ResNet50 has only
+        # convolutions and BatchNorms with weights.
+        3: head + _params(c for c in convs if c.name.startswith("conv5_")),
+        True: head + _params(convs),
+        17: head + _params(convs),  # stem + 16 residual blocks = all
+    }
+    for trainable, count in expected.items():
+        models.set_backbone_trainable(resnet, trainable)
+        assert models.count_trainable_weights(resnet) == count, trainable
+        assert not any(bn.trainable for bn in batchnorms)
+        assert resnet.get_layer("head_bn").trainable
+    assert len(models.backbone_blocks(backbone)) == 17
+
+    with pytest.raises(PcamError, match="17 blocks"):
+        models.set_backbone_trainable(resnet, 18)
+    models.set_backbone_trainable(resnet, False)
+
+
+def _fit_one_step(model, tiles, labels):
+    model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
+    model.fit(tiles, labels, batch_size=len(tiles), epochs=1, verbose=0)
+
+
+def test_fine_tuning_leaves_batchnorm_statistics_alone():
+    model = models.create_model("simple-cnn", image_size=32, weights="none")
+    backbone = model.get_layer("backbone")
+    tiles, labels = _tiles(8, seed=2), np.array([0, 1] * 4, np.float32)
+
+    models.set_backbone_trainable(model, True)
+    bn_before = [w.numpy().copy() for w in backbone.get_layer("block1_bn").weights]
+    conv_before = backbone.get_layer("block1_conv").kernel.numpy().copy()
+    _fit_one_step(model, tiles, labels)
+    for before, after in zip(bn_before, backbone.get_layer("block1_bn").weights):
+        np.testing.assert_array_equal(before, after.numpy())  # gamma, beta, mean, variance
+    assert not np.array_equal(conv_before, backbone.get_layer("block1_conv").kernel.numpy())
+
+    # From random weights BatchNorm must learn: freeze_batchnorm=False lets it.
+    models.set_backbone_trainable(model, True, freeze_batchnorm=False)
+    mean_before = backbone.get_layer("block1_bn").moving_mean.numpy().copy()
+    _fit_one_step(model, tiles, labels)
+    assert not np.array_equal(mean_before, backbone.get_layer("block1_bn").moving_mean.numpy())
+
+
+class _Offline(urllib.request.BaseHandler):
+    """Fails every HTTP(S) request at once, as on a machine without network."""
+
+    handler_order = 100  # ahead of the real HTTP(S) handlers (500)
+
+    def http_open(self, request):
+        raise urllib.error.URLError("no network (test)")
+
+    https_open = http_open
+
+
+@pytest.fixture
+def offline():
+    # keras.utils.get_file downloads with urllib.request.urlretrieve, which
+    # uses the installed opener; None restores the default one.
+    urllib.request.install_opener(urllib.request.build_opener(_Offline))
+    yield
+    urllib.request.install_opener(None)
+
+
+def test_imagenet_weights_without_network_is_a_one_line_error(offline):
+    try:
+        models.create_model("resnet50", image_size=SMALL, weights="imagenet")
+    except PcamError as error:
+        message = str(error)
+    else:
+        pytest.skip("ResNet50 ImageNet weights are cached in this Keras home")
+    assert "\n" not in message
+    assert "ImageNet weights" in message and "resnet50" in message
+    assert "--weights none" in message and "--weights PATH" in message
+
+
+def test_simple_cnn_with_imagenet_weights_starts_from_random_weights(offline):
+    model = models.create_model("simple-cnn", weights="imagenet")
+    assert model.predict(_tiles(1), verbose=0).shape == (1, 1)
+
+
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # the mismatched file
+def test_backbone_weights_from_a_local_file(tmp_path):
+    source = models.create_model("simple-cnn", image_size=32, weights="none")
+    path = tmp_path / "simple.weights.h5"
+    source.get_layer("backbone").save_weights(path)
+    model = models.create_model("simple-cnn", image_size=32, weights=str(path))
+    for expected, got in zip(source.get_layer("backbone").weights,
+                             model.get_layer("backbone").weights):
+        np.testing.assert_array_equal(expected.numpy(), got.numpy())
+
+    with pytest.raises(PcamError, match="not found"):
+        models.create_model("simple-cnn", weights=str(tmp_path / "missing.weights.h5"))
+    other = tmp_path / "resnet.weights.h5"
+    _small_model("resnet50").get_layer("backbone").save_weights(other)
+    with pytest.raises(PcamError, match="could not load backbone weights"):
+        models.create_model("simple-cnn", weights=str(other))
+
+
+def test_too_small_image_size_is_refused():
+    with pytest.raises(PcamError, match="at least 32"):
+        models.create_model("resnet50", image_size=24, weights="none")
+
+
+def test_augment_layers_act_only_in_training(tmp_path):
+    model = models.create_model("simple-cnn", weights="none",
+                                augment=[keras.layers.RandomBrightness(0.5, value_range=(0, 255),
+                                                                    seed=1)])
+    tiles = _tiles(2).astype(np.float32)
+    inference = model(tiles, training=False).numpy()
+    np.testing.assert_array_equal(inference, model.predict(tiles, verbose=0))
+    model.save(tmp_path / "augmented.keras")
+    loaded = keras.models.load_model(tmp_path / "augmented.keras")
+    np.testing.assert_allclose(loaded.predict(tiles, verbose=0), inference, atol=1e-6)
+    # Last: a training-mode call also moves the BatchNorm statistics.
+    assert not np.allclose(model(tiles, training=True).numpy(), inference)
+
+
+def test_output_stays_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.create_model("simple-cnn", image_size=48, weights="none")
+        probabilities = model.predict(_tiles(2), verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("backbone").get_layer("block1_conv").compute_dtype == "float16"
+    assert model.output.dtype == "float32" and probabilities.dtype == np.float32
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
