@@ -10,15 +10,25 @@ import sys
 from pcam.errors import PcamError
 
 
+def _section(f):
+    """The settings class of a nested section field, else None."""
+    factory = f.default_factory
+    return factory if dataclasses.is_dataclass(factory) else None
+
+
 def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
     """Add one ``--option`` per field of dataclass ``cls``, in a group.
 
     The option's default, type, choices and help all come from the field, so
-    the command line cannot drift from the settings it fills.
+    the command line cannot drift from the settings it fills. A nested
+    section (a field holding another settings class) gets its own group.
     """
     group = parser.add_argument_group(title, cls.__doc__.splitlines()[0])
     for f in dataclasses.fields(cls):
         if f.name in skip:
+            continue
+        if _section(f):
+            add_settings(parser, _section(f), f.name, skip)
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
@@ -26,7 +36,7 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
             group.add_argument(flag, dest=f.name, default=f.default,
                                action=argparse.BooleanOptionalAction, help=help_text)
             continue
-        if f.default not in ("", 0, 0.0):
+        if f.default not in ("", 0, 0.0, -1):
             help_text += f" (default: {f.default})"
         group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
                            choices=f.metadata.get("choices"), help=help_text,
@@ -34,10 +44,14 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
 
 
 def settings_from_args(cls, args: argparse.Namespace, **overrides):
-    """Build ``cls`` from the parsed options (fields not on the command line
-    keep their defaults)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if hasattr(args, f.name)}
+    """Build ``cls`` (and its nested sections) from the parsed options; fields
+    not on the command line keep their defaults."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if _section(f):
+            values[f.name] = settings_from_args(_section(f), args)
+        elif hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
     values.update(overrides)
     return cls(**values)
 

@@ -26,7 +26,7 @@ class DataSettings:
         "data/histopathologic-cancer-detection",
         "competition folder with train/, test/, train_labels.csv, sample_submission.csv")
     store_dir: str = _opt(
-        "", "where the tile store lives (default: DATA_DIR/store)")
+        "", "where the tile store lives (default: the competition folder's store/)")
     skip_bad: bool = _opt(
         False, "leave unreadable or malformed tiles out (their list is written "
                "beside the store) instead of stopping")
@@ -82,7 +82,10 @@ class InputSettings:
     batch_size: int = _opt(128, "tiles per batch (per replica when several devices)")
     cache: str = _opt("auto", "keep the store in RAM: auto (when it fits), yes, no",
                       choices=("auto", "yes", "no"))
-    shuffle_buffer: int = _opt(16384, "tiles in the shuffle buffer (16384 tiles = 450 MB)")
+    # 8,192 tiles = 226 MB. Store order is already random for Kaggle's hashed
+    # ids, and the buffer counts against memory next to the RAM cache: with
+    # 16,384 a 100,000-tile store peaked at 3.69 GiB, over store + 1 GiB.
+    shuffle_buffer: int = _opt(8192, "tiles in the shuffle buffer")
 
 
 def to_dict(settings) -> dict:
@@ -118,3 +121,99 @@ def to_json(settings, path: Path) -> None:
 
 def from_json(cls, path: Path):
     return from_dict(cls, json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which network: a backbone from the registry and its head."""
+
+    backbone: str = _opt("resnet50", "backbone from the registry (a wrong name lists them)")
+    image_size: int = _opt(96, "input size the backbone sees; tiles are resized inside the "
+                               "model (96 native; top solutions used 224)")
+    weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, or a weights file")
+    dense_units: int = _opt(256, "units of the head's hidden Dense layer")
+    dropout: float = _opt(0.5, "dropout before the output unit")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The two phases: head only on a frozen backbone, then fine-tuning.
+
+    The defaults are the recommended GPU recipe for ResNet50 on the
+    competition's data (see README for what it reaches).
+    """
+
+    epochs_frozen: int = _opt(2, "epochs of phase 1 (backbone frozen, head trained)")
+    epochs_finetune: int = _opt(10, "epochs of phase 2 (backbone unfrozen)")
+    lr_frozen: float = _opt(1e-3, "Adam learning rate of phase 1")
+    lr_finetune: float = _opt(1e-4, "peak learning rate of phase 2 (cosine decay to 0)")
+    unfreeze: int = _opt(0, "phase 2 unfreezes the top N backbone layers (0: all)")
+    schedule: str = _opt("cosine", "phase 2 learning rate: cosine decay, or plateau "
+                                   "(halve when validation AUC stalls)",
+                         choices=("cosine", "plateau"))
+    patience: int = _opt(3, "epochs without validation AUC gain before early stopping")
+    label_smoothing: float = _opt(0.0, "binary cross-entropy label smoothing (e.g. 0.05)")
+    tensorboard: bool = _opt(False, "write TensorBoard logs in the fold's folder")
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Where and how the arithmetic runs."""
+
+    strategy: str = _opt("auto", "auto (TPU, else all GPUs, else CPU), cpu, mirrored, "
+                                 "multiworker (TF_CONFIG), tpu",
+                         choices=("auto", "cpu", "mirrored", "multiworker", "tpu"))
+    precision: str = _opt("float32", "float32, mixed_float16 (GPUs) or mixed_bfloat16 "
+                                     "(TPUs, recent CPUs); the output stays float32",
+                          choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    jit: bool = _opt(False, "compile the training step with XLA")
+    steps_per_execution: int = _opt(1, "batches per call into the device (raise on TPUs)")
+    deterministic: bool = _opt(False, "deterministic ops (slower; same seed, same weights)")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one training run needs; saved as ``config.json`` in the run."""
+
+    run: str = _opt("", "run name: results go to RUNS_DIR/RUN (default: a timestamp)")
+    runs_dir: str = _opt("runs", "folder that holds the runs")
+    fold: int = _opt(-1, "train only this fold (to spread folds over machines; -1: all)")
+    data: DataSettings = field(default_factory=DataSettings)
+    folds: FoldSettings = field(default_factory=FoldSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    device: DeviceSettings = field(default_factory=DeviceSettings)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How a run's fold models predict the test set (defaults: the recommended ensemble).
+
+    Every finished fold, all 8 dihedral views, probabilities averaged.
+    """
+
+    run: str = _opt("", "the run folder to predict with, as scripts/train.py wrote it "
+                        "(runs/NAME)")
+    folds: tuple = _opt((), "fold numbers to ensemble; empty: every finished fold")
+    tta: int = _opt(8, "test-time augmentation: dihedral views per tile (1: none; 2: + a "
+                       "left-right flip; 4: + the up-down flip and the 180-degree rotation; "
+                       "8: all flips and rotations)", choices=(1, 2, 4, 8))
+    average: str = _opt("mean", "how fold predictions are combined: mean of probabilities, "
+                                "or rank (mean of per-fold rank-normalised predictions; "
+                                "fine for AUC)", choices=("mean", "rank"))
+    batch_size: int = _opt(0, "images per model call, tiles x TTA views (0: twice the run's "
+                              "training batch; prediction keeps no activations for "
+                              "gradients, so that fits wherever training fitted)")
+    data_dir: str = _opt("", "competition folder (default: the run's, from its config.json)")
+    store_dir: str = _opt("", "tile store folder (default: the run's; with --data-dir, "
+                              "that folder's store/)")
+    out: str = _opt("", "submission to write (default: submissions/RUN.csv; its settings "
+                        "go beside it as RUN.json)")
+    answers: str = _opt("", "CSV of id,label for the test tiles: score the submission "
+                            "locally and print its AUC")

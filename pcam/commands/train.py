@@ -1,0 +1,34 @@
+"""Train a k-fold, two-phase classifier on the competition's tiles.
+
+    python scripts/train.py --folds 5                 # ResNet50, ImageNet weights, all folds
+    python scripts/train.py --fold 2 --run NAME       # one fold of a run (spread folds over machines)
+    python scripts/train.py --backbone simple-cnn --weights none --epochs-frozen 0   # CPU recipe
+    python scripts/train.py --demo          # the main job on the bundled sample of real tiles
+
+Phase 1 trains the head on a frozen backbone; phase 2 fine-tunes the backbone
+(all of it, or the top --unfreeze layers) at a lower, decaying learning rate.
+Everything goes to RUNS_DIR/RUN: config.json, folds.csv, fold_<k>/best.keras,
+histories, out-of-fold predictions, cv.json. Run the same command again to
+resume: finished folds are skipped and an unfinished one continues from its
+last epoch.
+"""
+import argparse
+
+from pcam.cli import add_settings, command, settings_from_args
+from pcam.settings import RunSettings
+
+
+@command
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", action="store_true",
+                        help="the main job on the bundled sample of real PCam tiles (no account "
+                             "needed; its own settings, the other options are ignored)")
+    add_settings(parser, RunSettings, "run")
+    args = parser.parse_args(argv)
+
+    from pcam import demo
+    from pcam.training import run_cv  # after parsing: --help answers without TensorFlow
+
+    run_cv(demo.settings(demo.unpack()) if args.demo else settings_from_args(RunSettings, args))

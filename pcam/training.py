@@ -1,0 +1,269 @@
+"""Training: two phases as data, folds as independent ``run_fold`` calls, resume.
+
+A run lives in ``RUNS_DIR/RUN/``::
+
+    config.json                 the resolved settings (RunSettings)
+    folds.csv                   id, label, fold
+    fold_<k>/best.keras         best model of the fold by validation AUC (both phases)
+    fold_<k>/history_<phase>.csv
+    fold_<k>/oof.csv            id, label, prob, fold: out-of-fold predictions
+    fold_<k>/metrics.json       written last: its presence means "fold finished"
+    cv.json                     per-fold AUC, mean ± std, OOF AUC
+
+Started again with the same command, a run skips finished folds and phases
+and continues an unfinished phase from its last finished epoch
+(``keras.callbacks.BackupAndRestore``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pcam import distribute, metrics
+from pcam.errors import PcamError
+from pcam.folds import assign_folds, class_weights, load_or_assign, subset
+from pcam.io import atomic_write_text
+from pcam.models import (count_trainable_weights, create_model, get_backbone,
+                         set_backbone_trainable)
+from pcam.pipeline import eval_dataset, train_dataset
+from pcam.settings import RunSettings, TrainSettings, from_json, to_dict, to_json
+from pcam.store import Store, prepare
+
+# Settings that may differ when a run is resumed: where things are and which
+# devices run it. Anything else changes what is trained, so it needs a new run.
+RESUMABLE = {"run", "runs_dir", "fold", "data", "device"}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: which backbone layers learn, at what rate, how long.
+
+    ``trainable``: False freezes the backbone; True unfreezes it all; an int
+    N unfreezes its top N layers.
+    """
+
+    name: str
+    trainable: bool | int
+    lr: float
+    epochs: int
+
+
+def phases(train: TrainSettings) -> list[Phase]:
+    """The recipe: train the head on a frozen backbone, then fine-tune."""
+    return [Phase("frozen", False, train.lr_frozen, train.epochs_frozen),
+            Phase("finetune", train.unfreeze or True, train.lr_finetune, train.epochs_finetune)]
+
+
+def default_run_name() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_cv(settings: RunSettings) -> dict | None:
+    """Train the folds of a run (all, or ``settings.fold``), then summarise.
+
+    Returns:
+        The CV summary once every fold is finished, else None.
+    """
+    if not settings.run:
+        settings = dataclasses.replace(settings, run=default_run_name())
+    k_all = settings.folds.folds
+    if settings.fold != -1 and not 0 <= settings.fold < k_all:
+        raise PcamError(f"--fold {settings.fold}: folds are numbered 0 to {k_all - 1}")
+    # The strategy comes first: a multi-worker strategy must exist before any
+    # other TensorFlow op runs.
+    distribute.configure(settings.device, settings.folds.seed)
+    strategy = distribute.make_strategy(settings.device.strategy)
+    chief = distribute.is_chief(strategy)
+    run_dir = settings.run_dir
+    store = prepare(settings.data, splits=("train",))["train"]
+    if chief:
+        _check_or_write_config(settings, run_dir)
+        folds = load_or_assign(run_dir / "folds.csv", store.index(), settings.folds)
+    else:  # the same seeded folds as the chief's, nothing written
+        folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
+                             settings.folds)
+    todo = range(k_all) if settings.fold == -1 else [settings.fold]
+    for k in todo:
+        if (run_dir / f"fold_{k}" / "metrics.json").is_file():
+            print(f"fold {k}: finished earlier, skipped", flush=True)
+            continue
+        run_fold(settings, k, store, folds, strategy)
+    return summarise(run_dir, k_all) if chief else None
+
+
+def _check_or_write_config(settings: RunSettings, run_dir: Path) -> None:
+    config = run_dir / "config.json"
+    if config.is_file():
+        try:
+            saved = to_dict(from_json(RunSettings, config))
+        except (PcamError, TypeError, json.JSONDecodeError) as err:
+            raise PcamError(f"{config} is not a pcam config ({err}); use a new --run") from None
+        now = to_dict(settings)
+        changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
+                   for key in (now[section] if isinstance(now[section], dict) else [None])
+                   if (now[section] if key is None else now[section][key])
+                   != (saved[section] if key is None else saved[section][key])]
+        if changed:
+            raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
+                            "resume it with the same settings or choose a new --run")
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        to_json(settings, config)
+    except OSError as err:
+        raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
+                        "choose another --runs-dir") from None
+
+
+def split_positions(store: Store, folds: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Store positions of fold k's training and validation tiles."""
+    position = pd.Series(np.arange(store.n_tiles), index=store.index()["id"])
+    train = position[folds.loc[folds["fold"] != k, "id"]].to_numpy()
+    val = position[folds.loc[folds["fold"] == k, "id"]].to_numpy()
+    return np.sort(train), np.sort(val)
+
+
+def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
+             strategy: tf.distribute.Strategy, callbacks=()) -> dict:
+    """Train fold ``k`` through every phase; write its OOF predictions and metrics.
+
+    ``callbacks``: extra Keras callbacks, given to every phase's ``fit``.
+    """
+    keras.utils.set_random_seed(settings.folds.seed + k)
+    chief = distribute.is_chief(strategy)
+    # Non-chief workers of a multi-worker run write to a scratch folder: only
+    # the chief's files are the run's.
+    fold_dir = settings.run_dir / f"fold_{k}" if chief else Path(tempfile.mkdtemp())
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    train_pos, val_pos = split_positions(store, folds, k)
+    replicas = strategy.num_replicas_in_sync
+    inputs = dataclasses.replace(settings.inputs,
+                                 batch_size=settings.inputs.batch_size * replicas)
+    train_ds = train_dataset(store, train_pos, inputs, settings.augment,
+                             seed=settings.folds.seed + k, balance=settings.folds.balance,
+                             worker=distribute.worker(strategy))
+    val_ds = eval_dataset(store, val_pos, inputs, settings.augment)
+    labels = store.index()["label"].to_numpy()
+    weights = class_weights(labels[train_pos]) if settings.folds.balance == "weights" else None
+    steps = max(1, len(train_pos) // inputs.batch_size)
+    print(f"fold {k}: {len(train_pos):,} train / {len(val_pos):,} validation tiles, "
+          f"{replicas} replica(s), global batch {inputs.batch_size}", flush=True)
+
+    m = settings.model
+    with strategy.scope():
+        model = create_model(m.backbone, image_size=m.image_size, weights=m.weights,
+                             dense_units=m.dense_units, dropout=m.dropout)
+    # BatchNorm keeps its pretrained statistics when fine-tuning (see
+    # set_backbone_trainable); a backbone from random weights has none to keep.
+    pretrained = m.weights != "none" and get_backbone(m.backbone).pretrained
+    best = fold_dir / "best.keras"
+    for phase in phases(settings.train):
+        done = fold_dir / f"{phase.name}.done"
+        if best.is_file():
+            _load_best(model, best)  # hand-over: each phase starts from the best so far
+        if done.is_file() or phase.epochs == 0:
+            continue
+        with strategy.scope():
+            set_backbone_trainable(model, phase.trainable, freeze_batchnorm=pretrained)
+            _compile(model, phase, settings, steps)
+        print(f"fold {k}, phase {phase.name}: {phase.epochs} epoch(s), lr {phase.lr:g}, "
+              f"{count_trainable_weights(model):,} trainable weights", flush=True)
+        # A repeated stream with a fixed epoch length: Keras then never meets the
+        # end of the data mid-epoch, and a resumed phase knows its steps.
+        model.fit(train_ds.repeat(), steps_per_epoch=steps, validation_data=val_ds,
+                  validation_steps=math.ceil(len(val_pos) / inputs.batch_size),
+                  epochs=phase.epochs, class_weight=weights, shuffle=False,
+                  callbacks=_callbacks(phase, settings.train, fold_dir, best_auc(fold_dir))
+                  + list(callbacks),
+                  verbose=1 if chief else 0)
+        done.touch()
+    if best.is_file():
+        _load_best(model, best)
+    return _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings)
+
+
+def _load_best(model, best: Path) -> None:
+    """Load the best weights so far. The file also holds the optimizer state of
+    the phase that saved it; a new phase compiles a fresh optimizer, so Keras'
+    warning that it skips those variables is expected and silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(best)
+
+
+def _compile(model, phase: Phase, settings: RunSettings, steps: int) -> None:
+    lr = phase.lr
+    if phase.trainable is not False and settings.train.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=steps * phase.epochs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.train.label_smoothing),
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        jit_compile=settings.device.jit,
+        steps_per_execution=settings.device.steps_per_execution)
+
+
+def best_auc(fold_dir: Path) -> float | None:
+    """The best validation AUC logged in any phase of this fold so far."""
+    values = [pd.read_csv(p)["val_auc"].max() for p in fold_dir.glob("history_*.csv")
+              if p.stat().st_size and "val_auc" in pd.read_csv(p, nrows=0).columns]
+    values = [v for v in values if not math.isnan(v)]
+    return max(values) if values else None
+
+
+def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far) -> list:
+    callbacks = [
+        # Best model over both phases: phase 2 only overwrites phase 1's best
+        # when it beats it, and a resumed phase remembers the best so far.
+        keras.callbacks.ModelCheckpoint(fold_dir / "best.keras", monitor="val_auc", mode="max",
+                                        save_best_only=True, initial_value_threshold=best_so_far),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=train.patience,
+                                      restore_best_weights=False),
+        keras.callbacks.CSVLogger(fold_dir / f"history_{phase.name}.csv", append=True),
+        keras.callbacks.BackupAndRestore(fold_dir / f"backup_{phase.name}"),
+    ]
+    if phase.trainable is not False and train.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max",
+                                                           factor=0.5, patience=1))
+    if train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(fold_dir / "tensorboard"))
+    return callbacks
+
+
+def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
+    probs = model.predict(eval_dataset(store, val_pos, inputs, settings.augment).map(
+        lambda x, y: x), verbose=0).ravel()
+    index = store.index().iloc[val_pos]
+    oof = pd.DataFrame({"id": index["id"].to_numpy(), "label": index["label"].to_numpy(),
+                        "prob": probs, "fold": k})
+    atomic_write_text(fold_dir / "oof.csv", oof.to_csv(index=False))
+    result = metrics.binary_metrics(oof["label"], oof["prob"])
+    atomic_write_text(fold_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    print(f"fold {k}: validation AUC {result['auc']:.4f}", flush=True)
+    return result
+
+
+def summarise(run_dir: Path, k_all: int) -> dict | None:
+    """CV summary of a run (printed and saved as cv.json) once all folds are finished."""
+    finished = {k: json.loads((run_dir / f"fold_{k}" / "metrics.json").read_text())
+                for k in range(k_all) if (run_dir / f"fold_{k}" / "metrics.json").is_file()}
+    if len(finished) < k_all:
+        print(f"{len(finished)} of {k_all} folds finished; the CV summary comes when all are",
+              flush=True)
+        return None
+    oof = pd.concat([pd.read_csv(run_dir / f"fold_{k}" / "oof.csv") for k in range(k_all)])
+    summary = metrics.cv_summary(finished, oof["label"], oof["prob"])
+    atomic_write_text(run_dir / "cv.json", json.dumps(summary, indent=2) + "\n")
+    print(metrics.format_cv(summary), flush=True)
+    return summary
