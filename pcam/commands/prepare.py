@@ -1,6 +1,7 @@
 """Check the competition's files and build the tile stores (train and test).
 
     python scripts/prepare.py [--data-dir D] [--skip-bad]
+    python scripts/prepare.py --demo       # the bundled sample of real tiles, into data/pcam-demo
 
 Training and prediction build the stores themselves the first time they need
 them; run this to do that step on its own (for example before a long job).
@@ -16,9 +17,13 @@ from pcam.settings import DataSettings
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="prepare.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", action="store_true",
+                        help="unpack the bundled sample of real PCam tiles and use it as DATA_DIR")
     add_settings(parser, DataSettings, "data")
     args = parser.parse_args(argv)
 
+    from pcam import demo
     from pcam.store import prepare  # imported after parsing: --help answers without TensorFlow
 
-    prepare(settings_from_args(DataSettings, args))
+    overrides = {"data_dir": str(demo.unpack())} if args.demo else {}
+    prepare(settings_from_args(DataSettings, args, **overrides))
