@@ -53,6 +53,31 @@ def replicate_layout(src: Path, dest: Path, copies: int) -> Path:
     return dest
 
 
+def replicate_test_layout(src: Path, dest: Path, n_tiles: int) -> Path:
+    """A layout whose test split has ``n_tiles`` tiles: hard links to ``src``'s test
+    tiles, taken in turn under new ids (57,458, the competition's test set, from
+    the sample's 3,000); train/ and train_labels.csv are ``src``'s."""
+    import pandas as pd
+
+    if (dest / "sample_submission.csv").is_file():
+        return dest
+    (dest / "test").mkdir(parents=True, exist_ok=True)
+    ids = pd.read_csv(src / "sample_submission.csv", dtype={"id": str})["id"]
+    new_ids = []
+    for i in range(n_tiles):
+        tile_id = ids[i % len(ids)]
+        new = f"{tile_id}{i // len(ids):02d}"
+        if not (dest / "test" / f"{new}.tif").exists():  # kept from an interrupted run
+            os.link(src / "test" / f"{tile_id}.tif", dest / "test" / f"{new}.tif")
+        new_ids.append(new)
+    if not (dest / "train").exists():
+        os.symlink((src / "train").resolve(), dest / "train")
+    (dest / "train_labels.csv").write_text((src / "train_labels.csv").read_text())
+    # Written last: its presence means the layout is complete.
+    pd.DataFrame({"id": new_ids, "label": 0}).to_csv(dest / "sample_submission.csv", index=False)
+    return dest
+
+
 def table(title: str, rows: list[tuple], headers: tuple) -> None:
     """Print a small Markdown table (paste-able into an issue note)."""
     cells = [headers] + [tuple(str(c) for c in row) for row in rows]
