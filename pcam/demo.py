@@ -28,6 +28,22 @@ def unpack(data_root: Path = Path("data")) -> Path:
     return dest
 
 
+def run(data_root: Path = Path("data")) -> None:
+    """Unpack → check → ingest → 2-fold training → predict with TTA → submissions/demo.csv."""
+    from pcam.inference import predict
+    from pcam.settings import PredictSettings
+    from pcam.training import run_cv
+
+    train_settings = settings(unpack(data_root))
+    run_cv(train_settings)
+    out = Path("submissions") / "demo.csv"
+    predict(PredictSettings(run=str(train_settings.run_dir), out=str(out), answers=str(ANSWERS)))
+    print("\ndemo finished:\n"
+          f"  run (models, histories, out-of-fold predictions, cv.json): {train_settings.run_dir}\n"
+          f"  submission: {out} (settings beside it: {out.with_suffix('.json')})\n"
+          f"  tile stores: {Path(train_settings.data.data_dir) / 'store'}", flush=True)
+
+
 def settings(data_dir: Path) -> RunSettings:
     """The CPU recipe, sized for the sample: the compact CNN, 2 folds.
 

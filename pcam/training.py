@@ -34,7 +34,7 @@ from pcam import distribute, metrics
 from pcam.errors import PcamError
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
 from pcam.io import atomic_write_text
-from pcam.models import (count_trainable_weights, create_model, get_backbone,
+from pcam.models import (TILE_SIZE, count_trainable_weights, create_model, get_backbone,
                          set_backbone_trainable)
 from pcam.pipeline import eval_dataset, train_dataset
 from pcam.settings import RunSettings, TrainSettings, from_json, to_dict, to_json
@@ -162,8 +162,10 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
 
     m = settings.model
     with strategy.scope():
-        model = create_model(m.backbone, image_size=m.image_size, weights=m.weights,
-                             dense_units=m.dense_units, dropout=m.dropout)
+        # With --centre-crop the pipeline feeds N x N crops (see augment.eval_ops).
+        model = create_model(m.backbone, image_size=m.image_size,
+                             tile_size=settings.augment.centre_crop or TILE_SIZE,
+                             weights=m.weights, dense_units=m.dense_units, dropout=m.dropout)
     # BatchNorm keeps its pretrained statistics when fine-tuning (see
     # set_backbone_trainable); a backbone from random weights has none to keep.
     pretrained = m.weights != "none" and get_backbone(m.backbone).pretrained

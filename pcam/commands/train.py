@@ -31,4 +31,7 @@ def main(argv=None):
     from pcam import demo
     from pcam.training import run_cv  # after parsing: --help answers without TensorFlow
 
-    run_cv(demo.settings(demo.unpack()) if args.demo else settings_from_args(RunSettings, args))
+    if args.demo:
+        demo.run()
+    else:
+        run_cv(settings_from_args(RunSettings, args))
