@@ -2,7 +2,7 @@
 the 20,000 real train tiles reach validation AUC >= 0.90 on the 3,000 real
 valid tiles within 45 minutes on this machine?
 
-    python benchmarks/real_pcam.py [--work /tmp/pcam-bench] [--epochs 8]
+    python benchmarks/real_pcam.py [--work /tmp/pcam-bench] [--epochs 12]
 
 The real tiles are laid out as the competition ships them (train/ from the
 20,000 train tiles, test/ from the 3,000 valid tiles, answers beside). The
@@ -29,7 +29,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/pcam-bench"))
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of the (only) phase")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of the (only) phase")
     parser.add_argument("--run", default="real-pcam-cpu")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,8 @@ class TrainSettings:
     epochs_finetune: int = _opt(10, "epochs of phase 2 (backbone unfrozen)")
     lr_frozen: float = _opt(1e-3, "Adam learning rate of phase 1")
     lr_finetune: float = _opt(1e-4, "peak learning rate of phase 2 (cosine decay to 0)")
-    unfreeze: int = _opt(0, "phase 2 unfreezes the top N backbone layers (0: all)")
+    unfreeze: int = _opt(0, "phase 2 unfreezes the top N backbone blocks, stem included "
+                            "(ResNet50 has 17: 3 is stage conv5; 0: all)")
     schedule: str = _opt("cosine", "phase 2 learning rate: cosine decay, or plateau "
                                    "(halve when validation AUC stalls)",
                          choices=("cosine", "plateau"))
