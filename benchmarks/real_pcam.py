@@ -48,6 +48,7 @@ def main():
     import keras
     import pandas as pd
 
+    import pcam.models  # noqa: F401 -- registers the custom layers best.keras holds
     from pcam.metrics import auc, binary_metrics
     from pcam.pipeline import predict_dataset
     from pcam.settings import DataSettings

@@ -2,7 +2,6 @@
 GPUs, several machines or a TPU."""
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -54,13 +53,9 @@ def _tpu_strategy(resolver):
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True on the one process that writes the run (always, but for multi-worker)."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("type", "chief") == "chief" or (
-        task.get("type") == "worker" and task.get("index", 0) == 0
-        and "chief" not in json.loads(os.environ["TF_CONFIG"]).get("cluster", {}))
+    """True on the one process that writes the run: the first data worker
+    (the chief when the cluster names one, else worker 0)."""
+    return worker(strategy)[0] == 0
 
 
 def worker(strategy: tf.distribute.Strategy) -> tuple[int, int]:

@@ -111,9 +111,7 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path) -> None:
             raise PcamError(f"{config} is not a pcam config ({err}); use a new --run") from None
         now = to_dict(settings)
         changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
-                   for key in (now[section] if isinstance(now[section], dict) else [None])
-                   if (now[section] if key is None else now[section][key])
-                   != (saved[section] if key is None else saved[section][key])]
+                   for key in now[section] if now[section][key] != saved[section][key]]
         if changed:
             raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
                             "resume it with the same settings or choose a new --run")
