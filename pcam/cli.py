@@ -8,12 +8,7 @@ import functools
 import sys
 
 from pcam.errors import PcamError
-
-
-def _section(f):
-    """The settings class of a nested section field, else None."""
-    factory = f.default_factory
-    return factory if dataclasses.is_dataclass(factory) else None
+from pcam.settings import section
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
@@ -27,8 +22,8 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        if _section(f):
-            add_settings(parser, _section(f), f.name, skip)
+        if section(f):
+            add_settings(parser, section(f), f.name, skip)
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
@@ -48,8 +43,8 @@ def settings_from_args(cls, args: argparse.Namespace, **overrides):
     not on the command line keep their defaults."""
     values = {}
     for f in dataclasses.fields(cls):
-        if _section(f):
-            values[f.name] = settings_from_args(_section(f), args)
+        if section(f):
+            values[f.name] = settings_from_args(section(f), args)
         elif hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)
     values.update(overrides)

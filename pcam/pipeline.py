@@ -38,9 +38,8 @@ def parse(records, shape=(96, 96, 3)):
     return example
 
 
-def record_chunks(store: Store, indices=None, worker=(0, 1)) -> tf.data.Dataset:
-    """Parsed records of ``store`` in store order, in chunks of up to 256 (dicts of
-    batched tensors), only those at ``indices`` if given.
+def records(store: Store, indices=None, worker=(0, 1)) -> tf.data.Dataset:
+    """Parsed records of ``store`` in store order, only those at ``indices`` if given.
 
     ``worker=(index, count)``: in a multi-worker run each worker reads every
     count-th shard file, starting at its index, so no tile is read twice.
@@ -57,17 +56,9 @@ def record_chunks(store: Store, indices=None, worker=(0, 1)) -> tf.data.Dataset:
         keep = np.zeros(store.n_tiles, bool)
         keep[np.asarray(indices, np.int64)] = True
         keep = tf.constant(keep)
-        ds = ds.map(lambda ex: _mask(ex, tf.gather(keep, ex["index"])))
-    return ds
-
-
-def _mask(chunk: dict, keep) -> dict:
-    return {k: tf.boolean_mask(v, keep) for k, v in chunk.items()}
-
-
-def records(store: Store, indices=None, worker=(0, 1)) -> tf.data.Dataset:
-    """Parsed records one by one (see ``record_chunks``)."""
-    return record_chunks(store, indices, worker).unbatch()
+        ds = ds.map(lambda ex: {k: tf.boolean_mask(v, tf.gather(keep, ex["index"]))
+                                for k, v in ex.items()})
+    return ds.unbatch()
 
 
 def _fits_in_ram(nbytes: int) -> bool:

@@ -88,6 +88,12 @@ class InputSettings:
     shuffle_buffer: int = _opt(8192, "tiles in the shuffle buffer")
 
 
+def section(f: dataclasses.Field):
+    """The settings class a field holds as a nested section, else None."""
+    factory = f.default_factory
+    return factory if dataclasses.is_dataclass(factory) else None
+
+
 def to_dict(settings) -> dict:
     """Settings (possibly nested) as plain JSON-ready data."""
     return dataclasses.asdict(settings)
@@ -106,9 +112,8 @@ def from_dict(cls, data: dict):
         raise PcamError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
     kwargs = {}
     for key, value in data.items():
-        ftype = names[key].default_factory if dataclasses.is_dataclass(
-            names[key].default_factory) else None
-        kwargs[key] = from_dict(ftype, value) if ftype else value
+        nested = section(names[key])
+        kwargs[key] = from_dict(nested, value) if nested else value
     return cls(**kwargs)
 
 
