@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from pcam.augment import compose, eval_ops, train_ops
@@ -153,3 +154,24 @@ def _known_length(ds, n_tiles: int, batch_size: int):
     """Tell tf.data (and so Keras' progress bars) how many batches there are;
     filtering makes the count unknowable to tf.data itself."""
     return ds.apply(tf.data.experimental.assert_cardinality(-(-n_tiles // batch_size)))
+
+
+def read_tiles(store: Store, ids) -> np.ndarray:
+    """The tiles with these ``ids`` as a uint8 array, in the order given.
+
+    For a few tiles (galleries, explanations): it reads the whole store once,
+    keeping only the tiles asked for. An id the store lacks is a PcamError.
+    """
+    ids = [str(i) for i in ids]
+    position = pd.Series(np.arange(store.n_tiles), index=store.index()["id"])
+    missing = [i for i in ids if i not in position.index]
+    if missing:
+        raise PcamError(f"{len(missing)} id(s) not in the tile store {store.path}: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    wanted = position[ids].to_numpy()
+    shape = tuple(store.manifest["tile_shape"])
+    if not ids:
+        return np.zeros((0, *shape), np.uint8)
+    found = {int(ex["index"]): ex["image"].numpy()
+             for ex in records(store, np.unique(wanted))}
+    return np.stack([found[int(p)] for p in wanted])

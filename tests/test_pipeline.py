@@ -5,7 +5,7 @@ import pytest
 
 from pcam.errors import PcamError
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
-from pcam.pipeline import eval_dataset, predict_dataset, train_dataset
+from pcam.pipeline import eval_dataset, predict_dataset, read_tiles, train_dataset
 from pcam.settings import AugmentSettings, DataSettings, FoldSettings, InputSettings
 from pcam.store import prepare
 
@@ -82,6 +82,16 @@ def test_eval_and_predict_keep_store_order(stores):
     np.testing.assert_array_equal(predicted, evaluated)
     cropped = next(iter(predict_dataset(test, InputSettings(batch_size=8), AugmentSettings(centre_crop=32))))
     np.testing.assert_array_equal(cropped, predicted[:8, 32:64, 32:64])
+
+
+def test_read_tiles_returns_the_source_tiles_in_the_order_asked(stores, layout_cache):
+    import tifffile
+    ids = list(stores["train"].index()["id"].iloc[[40, 3, 40, 150]])
+    tiles = read_tiles(stores["train"], ids)
+    expected = [tifffile.imread(layout_cache / "train" / f"{i}.tif") for i in ids]
+    np.testing.assert_array_equal(tiles, np.stack(expected))
+    with pytest.raises(PcamError, match="not-an-id"):
+        read_tiles(stores["train"], [ids[0], "not-an-id"])
 
 
 def test_folds_are_stratified_saved_and_reused(stores, tmp_path):
