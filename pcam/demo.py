@@ -29,18 +29,24 @@ def unpack(data_root: Path = Path("data")) -> Path:
 
 
 def run(data_root: Path = Path("data")) -> None:
-    """Unpack → check → ingest → 2-fold training → predict with TTA → submissions/demo.csv."""
+    """Unpack → check → ingest → 2-fold training (and its report) → predict with
+    TTA → submissions/demo.csv → its report against the sample's answers."""
+    from pcam.evaluate import evaluate
     from pcam.inference import predict
-    from pcam.settings import PredictSettings
+    from pcam.settings import EvaluateSettings, PredictSettings
     from pcam.training import run_cv
 
     train_settings = settings(unpack(data_root))
     run_cv(train_settings)
     out = Path("submissions") / "demo.csv"
     predict(PredictSettings(run=str(train_settings.run_dir), out=str(out), answers=str(ANSWERS)))
+    evaluate(EvaluateSettings(submission=str(out), answers=str(ANSWERS)))
     print("\ndemo finished:\n"
           f"  run (models, histories, out-of-fold predictions, cv.json): {train_settings.run_dir}\n"
+          f"  report:     {train_settings.run_dir / 'report' / 'index.html'} (out-of-fold)\n"
           f"  submission: {out} (settings beside it: {out.with_suffix('.json')})\n"
+          f"  its report: {out.with_name('demo-report') / 'index.html'} (on the sample's "
+          "held-out answers)\n"
           f"  tile stores: {Path(train_settings.data.data_dir) / 'store'}", flush=True)
 
 

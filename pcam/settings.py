@@ -184,6 +184,8 @@ class RunSettings:
     run: str = _opt("", "run name: results go to RUNS_DIR/RUN (default: a timestamp)")
     runs_dir: str = _opt("runs", "folder that holds the runs")
     fold: int = _opt(-1, "train only this fold (to spread folds over machines; -1: all)")
+    report: bool = _opt(True, "write the evaluation report (RUN/report/index.html, see "
+                              "scripts/evaluate.py) when the last fold finishes")
     data: DataSettings = field(default_factory=DataSettings)
     folds: FoldSettings = field(default_factory=FoldSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
@@ -223,3 +225,26 @@ class PredictSettings:
                         "go beside it as RUN.json)")
     answers: str = _opt("", "CSV of id,label for the test tiles: score the submission "
                             "locally and print its AUC")
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What the evaluation report covers and how it picks its operating point.
+
+    A run's out-of-fold predictions, or a submission scored against an
+    answer key; the threshold is chosen on out-of-fold predictions.
+    """
+
+    run: str = _opt("", "the run to report on (runs/NAME): its out-of-fold predictions, "
+                        "per fold and pooled, and its training curves")
+    submission: str = _opt("", "a submission CSV to report on instead, with --answers "
+                               "(the threshold then comes from its run's OOF predictions)")
+    answers: str = _opt("", "CSV of id,label for the submission's tiles")
+    target_sensitivity: float = _opt(
+        0.0, "choose the threshold with at least this sensitivity on the OOF predictions, "
+             "e.g. 0.95 (default 0: maximise Youden's J = sensitivity + specificity - 1)")
+    bootstrap: int = _opt(1000, "bootstrap resamples for the 95%% AUC intervals")
+    gallery: int = _opt(12, "tiles in each gallery of the most confident false positives "
+                            "and false negatives (0: no galleries)")
+    out: str = _opt("", "report folder (default: RUN/report, or the submission's name "
+                        "+ '-report' beside it)")

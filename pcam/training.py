@@ -9,6 +9,7 @@ A run lives in ``RUNS_DIR/RUN/``::
     fold_<k>/oof.csv            id, label, prob, fold: out-of-fold predictions
     fold_<k>/metrics.json       written last: its presence means "fold finished"
     cv.json                     per-fold AUC, mean ± std, OOF AUC
+    report/index.html           the evaluation report (pcam.evaluate), written last
 
 Started again with the same command, a run skips finished folds and phases
 and continues an unfinished phase from its last finished epoch
@@ -31,18 +32,19 @@ import pandas as pd
 import tensorflow as tf
 
 from pcam import distribute, metrics
+from pcam.evaluate import evaluate
 from pcam.errors import PcamError
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
 from pcam.io import atomic_write_text
 from pcam.models import (TILE_SIZE, count_trainable_weights, create_model, get_backbone,
                          set_backbone_trainable)
 from pcam.pipeline import eval_dataset, train_dataset
-from pcam.settings import RunSettings, TrainSettings, from_json, to_dict, to_json
+from pcam.settings import EvaluateSettings, RunSettings, TrainSettings, from_json, to_dict, to_json
 from pcam.store import Store, prepare
 
-# Settings that may differ when a run is resumed: where things are and which
-# devices run it. Anything else changes what is trained, so it needs a new run.
-RESUMABLE = {"run", "runs_dir", "fold", "data", "device"}
+# Settings that may differ when a run is resumed: where things are, which
+# devices run it, whether it ends with a report. Anything else changes what is trained, so it needs a new run.
+RESUMABLE = {"run", "runs_dir", "fold", "report", "data", "device"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ def default_run_name() -> str:
 
 
 def run_cv(settings: RunSettings) -> dict | None:
-    """Train the folds of a run (all, or ``settings.fold``), then summarise.
+    """Train the folds of a run (all, or ``settings.fold``), then summarise and,
+    once every fold is finished, write the evaluation report (``RUN/report/``).
 
     Returns:
         The CV summary once every fold is finished, else None.
@@ -99,7 +102,10 @@ def run_cv(settings: RunSettings) -> dict | None:
             print(f"fold {k}: finished earlier, skipped", flush=True)
             continue
         run_fold(settings, k, store, folds, strategy)
-    return summarise(run_dir, k_all) if chief else None
+    summary = summarise(run_dir, k_all) if chief else None
+    if summary is not None and settings.report:
+        evaluate(EvaluateSettings(run=str(run_dir)))
+    return summary
 
 
 def _check_or_write_config(settings: RunSettings, run_dir: Path) -> None:
@@ -243,7 +249,7 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far) 
 
 def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
     probs = model.predict(eval_dataset(store, val_pos, inputs, settings.augment).map(
-        lambda x, y: x), verbose=0).ravel()
+        _images_only), verbose=0).ravel()
     index = store.index().iloc[val_pos]
     oof = pd.DataFrame({"id": index["id"].to_numpy(), "label": index["label"].to_numpy(),
                         "prob": probs, "fold": k})
@@ -252,6 +258,12 @@ def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
     atomic_write_text(fold_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     print(f"fold {k}: validation AUC {result['auc']:.4f}", flush=True)
     return result
+
+
+def _images_only(images, labels):
+    # A named function, not a lambda: AutoGraph cannot read a lambda's source
+    # when another lambda shares its line, and warns on every fold.
+    return images
 
 
 def summarise(run_dir: Path, k_all: int) -> dict | None:

@@ -44,3 +44,22 @@ def layout(layout_cache, tmp_path):
     shutil.copytree(layout_cache, dest)
     shutil.copy(str(layout_cache) + ".answers.csv", str(dest) + ".answers.csv")
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(layout_cache, tmp_path_factory):
+    """A finished 2-fold run of the compact CNN (1 epoch per phase) on the
+    300-tile layout, with its report; shared by the tests that read runs."""
+    from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
+                               RunSettings, TrainSettings)
+    from pcam.training import run_cv
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    settings = RunSettings(
+        run="tiny", runs_dir=str(tmp / "runs"),
+        data=DataSettings(data_dir=str(layout_cache), store_dir=str(tmp / "store")),
+        folds=FoldSettings(folds=2, seed=0), inputs=InputSettings(batch_size=32),
+        model=ModelSettings(backbone="simple-cnn", weights="none"),
+        train=TrainSettings(epochs_frozen=1, epochs_finetune=1))
+    run_cv(settings)
+    return settings

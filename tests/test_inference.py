@@ -2,7 +2,7 @@
 submission's checks, scripts/predict.py end to end, and submitting to a fake Kaggle.
 
 One tiny run (simple-cnn, 2 folds, 1 epoch per phase, 300 real tiles) is
-trained once for the module; its test store holds 100 real tiles.
+trained once for the session (conftest.py); its test store holds 100 real tiles.
 """
 from __future__ import annotations
 
@@ -25,31 +25,21 @@ from pcam.inference import (TTA_VIEWS, VIEW_NAMES, combine, load_fold_model, pre
                             predict_batches, rank_normalise, resolve_folds, tta_predictor,
                             validate_submission, write_submission)
 from pcam.metrics import auc
-from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
-                           PredictSettings, RunSettings, TrainSettings, to_json)
+from pcam.settings import DataSettings, InputSettings, PredictSettings, RunSettings, to_json
 
 pytest_plugins = ["fake_kaggle"]  # its fixtures: fake_kaggle, kaggle_home
 
 
 @pytest.fixture(scope="module")
-def data(layout_cache, tmp_path_factory) -> DataSettings:
-    """The 300/100-tile layout, and a tile store for this module."""
-    return DataSettings(data_dir=str(layout_cache),
-                        store_dir=str(tmp_path_factory.mktemp("predict-store")))
+def run(tiny_run) -> RunSettings:
+    """The session's finished 2-fold run of the compact CNN (see conftest.py)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def run(data, tmp_path_factory) -> RunSettings:
-    """A finished 2-fold run of the compact CNN (as tests/test_training.py trains one)."""
-    from pcam.training import run_cv
-
-    settings = RunSettings(
-        run="tiny", runs_dir=str(tmp_path_factory.mktemp("predict-runs")), data=data,
-        folds=FoldSettings(folds=2, seed=0), inputs=InputSettings(batch_size=32),
-        model=ModelSettings(backbone="simple-cnn", weights="none"),
-        train=TrainSettings(epochs_frozen=1, epochs_finetune=1))
-    run_cv(settings)
-    return settings
+def data(run) -> DataSettings:
+    """The 300/100-tile layout and the run's tile store."""
+    return run.data
 
 
 @pytest.fixture(scope="module")
