@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pcam import figures, metrics, report
@@ -145,7 +146,12 @@ def read_history(fold_dir: Path, config: RunSettings) -> pd.DataFrame:
             for p in phases(config.train)
             if (fold_dir / f"history_{p.name}.csv").is_file()
             and (fold_dir / f"history_{p.name}.csv").stat().st_size]
-    return pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()
+    if not logs:
+        return pd.DataFrame()
+    # A phase killed between its CSV row and its backup logs that epoch again
+    # when it resumes; the later row is the one training continued from.
+    logs = [log.drop_duplicates("epoch", keep="last") for log in logs]
+    return pd.concat(logs, ignore_index=True)
 
 
 def _open_or_none(path: Path, notes: list[str]) -> Store | None:
@@ -176,12 +182,15 @@ def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
                                       resamples=settings.bootstrap)
                for name, frame in source.groups.items()}
     main = POOLED if POOLED in results else "test"
+    fold_aucs = [m["auc"] for name, m in results.items() if name.startswith("fold ")]
     images = _figures(source, results, main, threshold, out, settings.gallery)
     record = {
         "title": source.title,
         "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "threshold": {"value": threshold, "rule": rule, "chosen_on": where},
         "groups": results,
+        "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else None,
+        "fold_auc_std": float(np.std(fold_aucs, ddof=1)) if len(fold_aucs) > 1 else None,
         "notes": source.notes,
         "settings": to_dict(settings),
         "run_config": to_dict(source.config) if source.config else None,

@@ -62,7 +62,7 @@ def html_page(record: dict, images: list[Figure]) -> str:
         f"{_fmt(m['sensitivity'], '{:.3f}')}, specificity {_fmt(m['specificity'], '{:.3f}')}, "
         f"F1 {_fmt(m['f1'], '{:.3f}')}.</p>",
         *[f'<p class="note">{e(note)}</p>' for note in record["notes"]],
-        "<h2>Metrics</h2>", _table(record["groups"]),
+        "<h2>Metrics</h2>", _table(record["groups"]), _fold_spread(record),
         "<p class=\"meta\">AUC needs no threshold; accuracy, precision, sensitivity, "
         "specificity and F1 are at the threshold above. The metrics are also in "
         '<a href="metrics.json">metrics.json</a>.</p>',
@@ -86,6 +86,13 @@ def _table(groups: dict) -> str:
         cls = ' class="pooled"' if name in ("pooled", "test") else ""
         rows.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _fold_spread(record: dict) -> str:
+    if record.get("fold_auc_std") is None:
+        return ""
+    return (f"<p>Fold AUC: mean {record['fold_auc_mean']:.4f} ± {record['fold_auc_std']:.4f} "
+            "(standard deviation over folds).</p>")
 
 
 def _settings(title: str, values: dict | None) -> str:
