@@ -1,8 +1,13 @@
 """The tf.data pipelines on a real store: selection, order, determinism, balance."""
+import gc
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
+from pcam import pipeline
 from pcam.errors import PcamError
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
 from pcam.pipeline import eval_dataset, predict_dataset, read_tiles, train_dataset
@@ -134,3 +139,58 @@ def test_subset_is_stratified_and_class_weights_balance():
     weights = class_weights(index["label"])
     assert weights == {0: 1000 / 1600, 1: 1000 / 400}
     assert weights[0] * 800 == pytest.approx(weights[1] * 200)
+
+
+@pytest.fixture(scope="module")
+def skipped(layout_cache, tmp_path_factory):
+    """A store built with --skip-bad from a layout whose 5th tile is unreadable,
+    in 64-tile shards: from there on, a tile's store position is one less than
+    its place in the source listing."""
+    layout = tmp_path_factory.mktemp("skip-bad") / "comp"
+    shutil.copytree(layout_cache, layout)
+    bad = pd.read_csv(layout / "train_labels.csv", dtype=str)["id"].iloc[4]
+    (layout / "train" / f"{bad}.tif").write_text("not an image")
+    settings = DataSettings(data_dir=str(layout), shard_tiles=64, skip_bad=True)
+    return prepare(settings, splits=("train",), quiet=True)["train"], layout
+
+
+@pytest.mark.parametrize("cache", ["yes", "no"])
+def test_positions_name_the_same_tiles_after_skip_bad(skipped, cache):
+    store, layout = skipped
+    assert store.n_tiles == 299
+    index = store.index()
+    chosen = np.array([0, 3, 4, 5, 62, 63, 64, 200, store.n_tiles - 1])
+    expected = np.stack([tifffile.imread(layout / "train" / f"{i}.tif")
+                         for i in index["id"].iloc[chosen]])
+    inputs = InputSettings(batch_size=len(chosen), cache=cache)
+    images, labels = next(iter(eval_dataset(store, chosen, inputs)))
+    np.testing.assert_array_equal(images, expected)
+    np.testing.assert_array_equal(labels, index["label"].iloc[chosen])
+    trained = batches(train_dataset(store, chosen, InputSettings(batch_size=1, cache=cache),
+                                    AugmentSettings(dihedral=False)))
+    assert sorted(x.tobytes() for x, _ in trained) == sorted(e.tobytes() for e in expected)
+    np.testing.assert_array_equal(read_tiles(store, index["id"].iloc[chosen]), expected)
+
+
+def test_ram_tiles_are_shared_kept_alive_by_their_datasets_then_freed(stores):
+    store = stores["train"]
+    inputs = InputSettings(batch_size=30, cache="yes")
+    train = train_dataset(store, np.arange(0, 300, 2), inputs, seed=0)
+    val = eval_dataset(store, np.arange(1, 300, 2), inputs)
+    ram = pipeline.ram_tiles(store)
+    assert ram.tiles.shape == (store.n_tiles, 96, 96, 3) and ram.tiles.dtype == "uint8"
+    assert pipeline.ram_tiles(store) is ram               # one copy for both datasets
+    del ram
+    gc.collect()
+    assert sum(len(x) for x, _ in batches(train)) == 150  # still readable
+    assert sum(len(x) for x, _ in batches(val)) == 150
+    del train, val
+    gc.collect()
+    assert pipeline._key(store) not in pipeline._LOADED   # freed with its last dataset
+
+
+def test_resample_needs_both_classes(stores):
+    store = stores["train"]
+    negatives = np.flatnonzero(store.index()["label"] == 0)
+    with pytest.raises(PcamError, match="both classes"):
+        train_dataset(store, negatives, balance="resample")
