@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
@@ -155,4 +156,33 @@ def gallery(tiles: np.ndarray, rows: pd.DataFrame, title: str, path: Path,
     if not len(rows):
         axes[0, 0].text(0, 0.5, "none", fontsize=12)
     fig.suptitle(title)
+    return save(fig, path)
+
+
+def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
+                path: Path) -> Path:
+    """One tile's Grad-CAM: the tile, the heat map (with its scale) and the
+    map over the tile; the centre 32x32 square outlined on the pictures of
+    the tile (the region that decides a PCam label)."""
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9),
+                             gridspec_kw={"width_ratios": [1, 1.22, 1], "wspace": 0.3})
+    size = tile.shape[0]
+    axes[0].imshow(tile)
+    axes[0].set_title("tile")
+    shown = axes[1].imshow(heat, cmap="jet", vmin=0, vmax=1)
+    axes[1].set_title("Grad-CAM heat map")
+    bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04, ticks=[0, 0.5, 1])
+    bar.ax.set_yticklabels(["0 none", "0.5", "1 strongest"], fontsize=8)
+    axes[2].imshow(tile)
+    axes[2].imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.45)
+    axes[2].set_title("overlay")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if size >= 32:
+        for ax in (axes[0], axes[2]):  # white on a dark edge: visible on pale and dark tissue
+            ax.add_patch(plt.Rectangle(
+                (size / 2 - 16.5, size / 2 - 16.5), 32, 32, fill=False, ec="white", lw=0.8,
+                path_effects=[patheffects.withStroke(linewidth=2.2, foreground="black")]))
+    fig.suptitle(f"{title}\n{subtitle}", fontsize=9.5)
     return save(fig, path)

@@ -106,27 +106,31 @@ def resolve_folds(run_dir: Path, config: RunSettings, folds: Sequence[int] = ())
     return sorted(set(folds))
 
 
-def load_fold_model(path: Path):
+def load_fold_model(path: Path, remedy: str | None = None):
     """A fold's saved model, ready to predict (no optimizer state is loaded).
 
     The model carries its preprocessing, resizing and precision policy, so
     any backbone, image size or precision loads the same way; its output
     layer is float32 even under mixed precision.
+
+    Args:
+        remedy: what the error message tells the user to do when the file is
+            missing or unreadable (default: train that fold again).
     """
     import keras
 
     import pcam.augment  # noqa: F401 -- registers the custom layers the file may hold
     import pcam.models  # noqa: F401
 
+    remedy = remedy or (f"train that fold again (delete {path.parent} and run the training "
+                        "command)")
     if not path.is_file():
-        raise PcamError(f"{path}: missing, though its fold finished; train that fold again "
-                        f"(delete {path.parent} and run the training command)")
+        raise PcamError(f"{path}: missing, though its fold finished; {remedy}")
     try:
         model = keras.models.load_model(path, compile=False)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as err:
         reason = " ".join(str(err).split())[:200]
-        raise PcamError(f"cannot load {path} ({reason}); train that fold again "
-                        f"(delete {path.parent} and run the training command)") from None
+        raise PcamError(f"cannot load {path} ({reason}); {remedy}") from None
     if model.output_shape[-1] != 1:
         raise PcamError(f"{path} gives {model.output_shape[-1]} outputs per tile; a pcam "
                         f"model gives one probability")
@@ -378,8 +382,9 @@ def score(submission: pd.DataFrame, answers: pd.DataFrame) -> tuple[float, int]:
 
 # --- the command ---------------------------------------------------------------
 
-def data_settings(config: RunSettings, settings: PredictSettings) -> DataSettings:
-    """The run's data settings, with the command line's folders in place of its own."""
+def data_settings(config: RunSettings, settings) -> DataSettings:
+    """The run's data settings, with the command line's folders (``settings.data_dir``,
+    ``settings.store_dir``) in place of its own."""
     data = config.data
     if settings.data_dir:  # another folder: its own store/, unless --store-dir says otherwise
         data = dataclasses.replace(data, data_dir=settings.data_dir, store_dir=settings.store_dir)

@@ -361,24 +361,6 @@ def set_backbone_trainable(model: keras.Model, trainable: bool | int, *,
             layer.trainable = i >= first_trainable and not (freeze_batchnorm and is_batchnorm)
 
 
-def with_feature_output(model: keras.Model) -> keras.Model:
-    """The same model (shared weights) with two outputs: the backbone's feature
-    map (``last_conv_layer``'s output, what Grad-CAM weighs) and the probability.
-
-    The backbone's own ``output`` belongs to its inner graph and cannot be an
-    output of the outer model, so the layers (a chain) are called again on a
-    new input.
-    """
-    backbone = model.get_layer("backbone")
-    inputs = keras.Input(model.input.shape[1:], dtype=model.input.dtype, name="tile")
-    x = inputs
-    for layer in model.layers[1:]:
-        x = layer(x)
-        if layer is backbone:
-            features = x
-    return keras.Model(inputs, [features, x], name=f"{model.name}_features")
-
-
 def count_trainable_weights(model: keras.Model) -> int:
     """Number of trainable scalars (parameters) in ``model``."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))

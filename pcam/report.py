@@ -76,6 +76,17 @@ def html_page(record: dict, images: list[Figure]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def gallery_page(title: str, intro: str, images: list[Figure]) -> str:
+    """A page of figures under a heading and an introduction (Grad-CAM pictures)."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{e(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{e(title)}</h1>", f'<p class="meta">{e(intro)}</p>']
+    for fig in images:
+        parts += ["<figure>", f'<img src="{e(fig.path.name)}" alt="{e(fig.title)}">',
+                  f"<figcaption>{e(fig.caption)}</figcaption></figure>"]
+    return "\n".join(parts + ["</body></html>"]) + "\n"
+
 
 def _table(groups: dict) -> str:
     head = "".join(f"<th>{heading}</th>" for _, heading, _ in COLUMNS)

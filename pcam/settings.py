@@ -254,3 +254,25 @@ class EvaluateSettings:
     out: str = _opt("", "report folder (default: RUN/report, or the submission's name "
                         "+ '-report' beside it)")
 
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """Which tiles Grad-CAM explains, with which model, and where the pictures go."""
+
+    run: str = _opt("", "the run whose model explains (runs/NAME)")
+    model: str = _opt("", "a .keras model file to explain with instead of a run's fold "
+                          "(any pcam model, or a Keras CNN ending in one sigmoid unit)")
+    fold: int = _opt(-1, "the run's fold whose best model explains (-1: the first finished "
+                         "fold)")
+    ids: tuple = _opt((), "tile ids to explain, looked up in the tile stores (train, then test)")
+    images: tuple = _opt((), "image files to explain: TIFF, PNG or JPEG tiles of the size "
+                             "the model takes")
+    target: str = _opt("tumour", "whose evidence the heat map shows: tumour, normal, or "
+                                 "predicted (each tile's own answer)",
+                       choices=("tumour", "normal", "predicted"))
+    data_dir: str = _opt("", "competition folder whose stores hold the ids (default: the "
+                             "run's)")
+    store_dir: str = _opt("", "tile store folder (default: the run's; with --data-dir, that "
+                              "folder's store/)")
+    out: str = _opt("", "folder for the pictures (default: RUN/explain/fold_K, or explain/ "
+                        "beside --model)")

@@ -63,3 +63,67 @@ def tiny_run(layout_cache, tmp_path_factory):
         train=TrainSettings(epochs_frozen=1, epochs_finetune=1))
     run_cv(settings)
     return settings
+
+
+# --- a model with a known answer, for Grad-CAM ----------------------------------------
+
+# Top right, away from the centre (a model looking at the centre, where PCam's
+# label lives, cannot pass by habit): rows 8..31, columns 60..83.
+TOP_RIGHT = (8, 60)
+BOTTOM_LEFT = (64, 12)
+MARK = 24
+GREEN = (20, 210, 40)  # no H&E stain is green: the mark is the only signal
+
+
+def mark(tile, corner=TOP_RIGHT):
+    """A copy of the tile with the green square at ``corner`` (row, column)."""
+    marked = tile.copy()
+    row, col = corner
+    marked[row:row + MARK, col:col + MARK] = GREEN
+    return marked
+
+
+def inside(peak_row, peak_col, corner) -> bool:
+    """Whether a pixel lies in the mark at ``corner``."""
+    row, col = corner
+    return row <= peak_row < row + MARK and col <= peak_col < col + MARK
+
+
+@pytest.fixture(scope="session")
+def marked_run(layout_cache, tmp_path_factory):
+    """Fold 0 of a run of the compact CNN trained on real tiles whose only
+    signal is the mark: every other tile is marked top right and labelled 1,
+    the rest labelled 0 (their own tumour labels are dropped). Training flips
+    and rotates tiles, so the model must find the mark wherever it is.
+
+    Returns:
+        (settings, layout folder, {id: the tile before it was marked}).
+    """
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
+                               RunSettings, TrainSettings)
+    from pcam.training import run_cv
+
+    tmp = tmp_path_factory.mktemp("marked")
+    layout = tmp / "comp"
+    shutil.copytree(layout_cache, layout)
+    labels = pd.read_csv(layout / "train_labels.csv", dtype={"id": str})
+    labels["label"] = np.arange(len(labels)) % 2
+    originals = {}
+    for tile_id, label in labels.itertuples(index=False):
+        if label:
+            path = layout / "train" / f"{tile_id}.tif"
+            originals[tile_id] = tifffile.imread(path)
+            tifffile.imwrite(path, mark(originals[tile_id]), photometric="rgb")
+    labels.to_csv(layout / "train_labels.csv", index=False)
+    settings = RunSettings(
+        run="marked", runs_dir=str(tmp / "runs"), fold=0, report=False,
+        data=DataSettings(data_dir=str(layout), store_dir=str(tmp / "store")),
+        folds=FoldSettings(folds=2, seed=0), inputs=InputSettings(batch_size=32),
+        model=ModelSettings(backbone="simple-cnn", weights="none"),
+        train=TrainSettings(epochs_frozen=0, epochs_finetune=6, lr_finetune=2e-3))
+    run_cv(settings)
+    return settings, layout, originals

@@ -85,14 +85,6 @@ def test_uint8_tile_gives_the_same_output_as_float_tile(resnet):
     np.testing.assert_array_equal(as_uint8, as_float)
 
 
-def test_with_feature_output_gives_the_feature_map_and_the_same_probability():
-    model = models.create_model("simple-cnn", weights="none")
-    tiles = _tiles(2, seed=3)
-    features, probability = models.with_feature_output(model).predict(tiles, verbose=0)
-    assert features.shape == (2, 12, 12, 256)
-    np.testing.assert_allclose(probability, model.predict(tiles, verbose=0), atol=1e-6)
-
-
 def _params(layers):
     return sum(layer.count_params() for layer in layers)
 

@@ -1,0 +1,270 @@
+"""Explain predictions with Grad-CAM: tiles by id or by file, pictures a person can read.
+
+``explain(ExplainSettings)`` takes a run's fold model (or a bare ``.keras``
+file), reads the tiles (ids from the tile stores, or image files), computes
+Grad-CAM (``pcam.gradcam``) and writes into its output folder::
+
+    <name>.png         tile | heat map | overlay, with the probability (and the label when known)
+    explanations.csv   name, source, label, prob, evidence_for, peak_row, peak_col, png
+    index.html         every picture on one page (no scripts, opens offline)
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pcam import figures, report
+from pcam.errors import PcamError
+from pcam.io import atomic_write_text
+from pcam.settings import DataSettings, ExplainSettings, RunSettings
+
+SHOW = 5  # names an error message lists before "..."
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+@dataclass
+class Tiles:
+    """Tiles to explain, as the model takes them."""
+
+    names: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, name: str, source: str, label: int | None, image: np.ndarray) -> None:
+        self.names.append(name)
+        self.sources.append(source)
+        self.labels.append(label)
+        self.images.append(image)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The model that explains, and what the pictures say about it."""
+
+    path: Path
+    config: RunSettings | None
+    out: Path
+    description: str
+
+
+def explain(settings: ExplainSettings) -> pd.DataFrame:
+    """Write one picture per tile, ``explanations.csv`` and ``index.html``.
+
+    Returns:
+        The table written as ``explanations.csv``.
+    """
+    from pcam.gradcam import explainer, gradcam
+    from pcam.inference import load_fold_model
+
+    chosen = choose_model(settings)
+    if not settings.ids and not settings.images:
+        raise PcamError("nothing to explain: give --ids ID ... (tiles of the stores) or "
+                        "--images FILE ... (tile images)")
+    model = load_fold_model(chosen.path, remedy="is it a .keras file that Keras saved?"
+                            if chosen.config is None else None)
+    side = model.input_shape[1]
+    crop = chosen.config.augment.centre_crop if chosen.config else 0
+    tiles = Tiles()
+    if settings.ids:
+        read_ids(settings, chosen.config, crop, tiles)
+    if settings.images:
+        read_images([Path(p) for p in settings.images], side, crop, tiles)
+    wrong = [n for n, im in zip(tiles.names, tiles.images) if im.shape[:2] != (side, side)]
+    if wrong:  # a store's tiles for a model of another size
+        raise PcamError(f"the model takes {side}x{side} tiles; {_first(wrong)} are "
+                        f"{'x'.join(map(str, tiles.images[0].shape[:2]))}: is this model "
+                        "from a run on these tiles?")
+    explain_with = explainer(model)
+    heat, probs = gradcam(explain_with, np.stack(tiles.images), settings.target)
+    return write(tiles, heat, probs, chosen, settings.target, explain_with.layer,
+                 explain_with.map_shape)
+
+
+def choose_model(settings: ExplainSettings) -> Chosen:
+    """The run's fold model (``--run``, ``--fold``) or a bare file (``--model``)."""
+    from pcam.inference import finished_folds, load_run
+
+    if bool(settings.run) == bool(settings.model):
+        raise PcamError("give --run runs/NAME (a run's fold model) or --model FILE.keras, "
+                        "one of the two")
+    if settings.model:
+        path = Path(settings.model)
+        if not path.is_file():
+            raise PcamError(f"--model {path}: no such file; pass a .keras model, such as "
+                            "runs/NAME/fold_0/best.keras")
+        return Chosen(path, None, Path(settings.out or path.parent / "explain"), path.name)
+    run_dir, config = load_run(settings.run)
+    n_folds = config.folds.folds
+    done = finished_folds(run_dir, n_folds)
+    if settings.fold != -1 and not 0 <= settings.fold < n_folds:
+        raise PcamError(f"--fold {settings.fold}: run {run_dir} has folds 0 to {n_folds - 1}")
+    if not done:
+        raise PcamError(f"run {run_dir} has no finished fold yet: finish training first (the "
+                        "training command resumes where it stopped)")
+    if settings.fold != -1 and settings.fold not in done:
+        raise PcamError(f"fold {settings.fold} of run {run_dir} is not finished (finished: "
+                        f"{', '.join(map(str, done))}): choose one of those with --fold")
+    k = done[0] if settings.fold == -1 else settings.fold
+    out = Path(settings.out or run_dir / "explain" / f"fold_{k}")
+    return Chosen(run_dir / f"fold_{k}" / "best.keras", config, out,
+                  f"fold {k} of run {run_dir.resolve().name} ({config.model.backbone})")
+
+
+def read_ids(settings: ExplainSettings, config: RunSettings | None, crop: int,
+             tiles: Tiles) -> None:
+    """The tiles with ``settings.ids`` from the train store, else the test store."""
+    from pcam.inference import data_settings
+    from pcam.pipeline import read_tiles
+    from pcam.store import open_store
+
+    if config is not None:
+        data = data_settings(config, settings)
+    else:
+        data = DataSettings(**{k: v for k, v in (("data_dir", settings.data_dir),
+                                                 ("store_dir", settings.store_dir)) if v})
+    wanted = list(dict.fromkeys(str(i) for i in settings.ids))
+    found: dict[str, tuple[str, int | None, np.ndarray]] = {}
+    stores = []
+    for split in ("train", "test"):
+        try:
+            store = open_store(data.store_path / split)
+        except PcamError:
+            continue
+        stores.append(store)
+        index = store.index().set_index("id")["label"]
+        here = [i for i in wanted if i in index.index and i not in found]
+        for tile_id, image in zip(here, read_tiles(store, here)):
+            found[tile_id] = (str(store.path), int(index[tile_id]) if split == "train" else None,
+                              _centre(image, crop))
+    if not stores:
+        raise PcamError(f"no tile store under {data.store_path} to look the ids up in: build "
+                        f"it with python scripts/prepare.py --data-dir {data.data_dir}, or "
+                        "pass --data-dir/--store-dir, or explain image files with --images")
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise PcamError(f"{len(missing)} id(s) not in the tile stores under {data.store_path}: "
+                        f"{_first(missing)}; take ids from train_labels.csv or "
+                        "sample_submission.csv")
+    for tile_id in wanted:
+        source, label, image = found[tile_id]
+        tiles.add(tile_id, source, label, image)
+
+
+def read_images(paths: list[Path], side: int, crop: int, tiles: Tiles) -> None:
+    """Decode image files into RGB uint8 tiles; report every unusable file at once.
+
+    A tile the size the model takes is used as it is; with a run that trained
+    on centre crops, a whole tile is cropped the same way first.
+    """
+    problems = []
+    for path in paths:
+        image, problem = decode_image(path)
+        if not problem and image.shape[:2] != (side, side):
+            if crop and image.shape[0] == image.shape[1] > crop:
+                image = _centre(image, crop)
+            else:
+                problem = (f"is {image.shape[0]}x{image.shape[1]}; the model takes {side}x{side} "
+                           "tiles")
+        if problem:
+            problems.append(f"{path} {problem}")
+        else:
+            tiles.add(path.stem, str(path), None, image)
+    if problems:
+        raise PcamError(f"{len(problems)} image file(s) cannot be explained: "
+                        + "; ".join(problems[:SHOW]) + (" ..." if len(problems) > SHOW else ""))
+
+
+def decode_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """An image file as RGB uint8 (H, W, 3), or (None, what is wrong). An alpha
+    channel (RGBA PNG) is dropped."""
+    import tensorflow as tf
+    import tifffile
+
+    if not path.is_file():
+        return None, "does not exist"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return None, f"is not a TIFF, PNG or JPEG file ({', '.join(IMAGE_SUFFIXES)})"
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with open(path, "rb") as fh, tifffile.TiffFile(fh) as tif:
+                image = tif.pages.first.asarray()
+        else:
+            image = tf.io.decode_image(path.read_bytes(), expand_animations=False).numpy()
+    except Exception as err:  # decoders raise many types for broken files
+        return None, f"cannot be decoded ({type(err).__name__}: {' '.join(str(err).split())[:80]})"
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        channels = 1 if image.ndim == 2 else image.shape[-1]
+        return None, f"has {channels} channel(s) of {image.dtype}; expected RGB, 8 bits"
+    return image[..., :3], ""
+
+
+def write(tiles: Tiles, heat: np.ndarray, probs: np.ndarray, chosen: Chosen, target: str,
+          layer: str, map_shape: tuple[int, int]) -> pd.DataFrame:
+    """The pictures, ``explanations.csv`` and ``index.html`` into ``chosen.out``."""
+    from tqdm.auto import tqdm
+
+    out = chosen.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PcamError(f"cannot write to {out}: {err.strerror}; choose another --out") from None
+    how = f"Grad-CAM on {layer} ({map_shape[0]}x{map_shape[1]} feature map)"
+    rows, shown = [], []
+    files = _file_names(tiles.names)
+    for i in tqdm(range(len(tiles.names)), unit="tile", desc="explain",
+                  disable=len(tiles.names) < 10):
+        name, label, prob = tiles.names[i], tiles.labels[i], float(probs[i])
+        evidence_for = target if target != "predicted" else ("tumour" if prob >= 0.5 else "normal")
+        found = heat[i].max() > 0
+        peak = np.unravel_index(int(np.argmax(heat[i])), heat[i].shape) if found else (None, None)
+        title = (f"{name}: p(tumour) = {prob:.3f}" + ("" if label is None else f", label {label}")
+                 + f"; heat map: evidence for {evidence_for}" + ("" if found else " (none found)"))
+        path = figures.explanation(tiles.images[i], heat[i], title,
+                                   f"{chosen.description}; {how}", out / files[i])
+        rows.append({"name": name, "source": tiles.sources[i], "label": label, "prob": prob,
+                     "evidence_for": evidence_for, "peak_row": peak[0], "peak_col": peak[1],
+                     "png": files[i]})
+        shown.append(report.Figure(path, name, f"source: {tiles.sources[i]}"))
+    table = pd.DataFrame(rows, columns=["name", "source", "label", "prob", "evidence_for",
+                                        "peak_row", "peak_col", "png"])
+    table = table.astype({"label": "Int64", "peak_row": "Int64", "peak_col": "Int64"})
+    atomic_write_text(out / "explanations.csv", table.to_csv(index=False))
+    intro = (f"{len(rows)} tile(s) explained by {chosen.description}; {how}, {target} "
+             "evidence. Each heat map is "
+             "scaled to its own strongest evidence (1); the outlined square is the centre 32x32 "
+             "region that decides a PCam label.")
+    atomic_write_text(out / "index.html", report.gallery_page(
+        f"Grad-CAM: {chosen.description}", intro, shown))
+    print(f"explained {len(rows)} tile(s) with {chosen.description} ({how}): "
+          f"{out / 'index.html'}", flush=True)
+    return table
+
+
+def _file_names(names: list[str]) -> list[str]:
+    """A PNG name per tile: its name made safe for file systems, unique."""
+    used: dict[str, int] = {}
+    files = []
+    for name in names:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "tile"
+        used[safe] = used.get(safe, 0) + 1
+        files.append(f"{safe}.png" if used[safe] == 1 else f"{safe}-{used[safe]}.png")
+    return files
+
+
+def _centre(image: np.ndarray, size: int) -> np.ndarray:
+    """The tile as validation feeds it: the pipeline's deterministic ops (a
+    centre crop of ``size``; none when 0)."""
+    from pcam.augment import compose, eval_ops
+    from pcam.settings import AugmentSettings
+
+    op = compose(eval_ops(AugmentSettings(centre_crop=size)))
+    return np.asarray(op(image[None], None))[0]
+
+
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:SHOW]) + (f", ... ({len(names)} in all)" if len(names) > SHOW else "")
