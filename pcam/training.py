@@ -39,8 +39,10 @@ from pcam.io import atomic_write_text
 from pcam.models import (TILE_SIZE, count_trainable_weights, create_model, get_backbone,
                          set_backbone_trainable)
 from pcam.pipeline import eval_dataset, train_dataset
-from pcam.settings import EvaluateSettings, RunSettings, TrainSettings, from_json, to_dict, to_json
-from pcam.store import Store, prepare
+from pcam.competition import read_competition
+from pcam.settings import (DataSettings, EvaluateSettings, RunSettings, TrainSettings, from_json,
+                           to_dict, to_json)
+from pcam.store import Store, is_current, open_store, prepare
 
 # Settings that may differ when a run is resumed: where things are, which
 # devices run it, whether it ends with a report. Anything else changes what is trained, so it needs a new run.
@@ -89,7 +91,10 @@ def run_cv(settings: RunSettings) -> dict | None:
     strategy = distribute.make_strategy(settings.device.strategy)
     chief = distribute.is_chief(strategy)
     run_dir = settings.run_dir
-    store = prepare(settings.data, splits=("train",))["train"]
+    if distribute.is_multi_worker(strategy):
+        store = _built_store(settings.data)
+    else:
+        store = prepare(settings.data, splits=("train",))["train"]
     if chief:
         _check_or_write_config(settings, run_dir)
         folds = load_or_assign(run_dir / "folds.csv", store.index(), settings.folds)
@@ -106,6 +111,18 @@ def run_cv(settings: RunSettings) -> dict | None:
     if summary is not None and settings.report:
         evaluate(EvaluateSettings(run=str(run_dir)))
     return summary
+
+
+def _built_store(data: DataSettings) -> Store:
+    """The train store of a multi-worker run, which must be built beforehand:
+    workers that each found it missing would all build it at once."""
+    train, _ = read_competition(Path(data.data_dir))
+    path = data.store_path / "train"
+    if not is_current(train, path):
+        raise PcamError(f"a multi-worker run reads a tile store built beforehand, and {path} is "
+                        f"missing or out of date: run python scripts/prepare.py --data-dir "
+                        f"{data.data_dir} first, where every worker can read it")
+    return open_store(path)
 
 
 def _check_or_write_config(settings: RunSettings, run_dir: Path) -> None:
@@ -146,6 +163,7 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     """
     keras.utils.set_random_seed(settings.folds.seed + k)
     chief = distribute.is_chief(strategy)
+    multi_worker = distribute.is_multi_worker(strategy)
     # Non-chief workers of a multi-worker run write to a scratch folder: only
     # the chief's files are the run's.
     fold_dir = settings.run_dir / f"fold_{k}" if chief else Path(tempfile.mkdtemp())
@@ -190,12 +208,19 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
         model.fit(train_ds.repeat(), steps_per_epoch=steps, validation_data=val_ds,
                   validation_steps=math.ceil(len(val_pos) / inputs.batch_size),
                   epochs=phase.epochs, class_weight=weights, shuffle=False,
-                  callbacks=_callbacks(phase, settings.train, fold_dir, best_auc(fold_dir))
-                  + list(callbacks),
+                  callbacks=_callbacks(phase, settings.train, fold_dir, best_auc(fold_dir),
+                                       backup=not multi_worker) + list(callbacks),
                   verbose=1 if chief else 0)
         done.touch()
     if best.is_file():
         _load_best(model, best)
+    if multi_worker:
+        # Keras' predict under a multi-worker strategy gathers every worker's
+        # predictions, and each worker reads the whole validation set: twice
+        # the rows. The chief predicts alone, with the saved model outside the strategy.
+        if not chief:
+            return {}
+        model = keras.models.load_model(best, compile=False)
     return _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings)
 
 
@@ -228,7 +253,11 @@ def best_auc(fold_dir: Path) -> float | None:
     return max(values) if values else None
 
 
-def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far) -> list:
+def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
+               backup: bool = True) -> list:
+    """The phase's callbacks. ``backup=False`` (multi-worker runs): no
+    BackupAndRestore, whose backups would live in each worker's own scratch
+    folder and restore different epochs; a killed fold then restarts."""
     callbacks = [
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
@@ -237,8 +266,9 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far) 
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=train.patience,
                                       restore_best_weights=False),
         keras.callbacks.CSVLogger(fold_dir / f"history_{phase.name}.csv", append=True),
-        keras.callbacks.BackupAndRestore(fold_dir / f"backup_{phase.name}"),
     ]
+    if backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(fold_dir / f"backup_{phase.name}"))
     if phase.trainable is not False and train.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max",
                                                            factor=0.5, patience=1))

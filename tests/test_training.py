@@ -178,38 +178,49 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=True, reason="Keras 3 model.fit does not run under "
-                   "MultiWorkerMirroredStrategy (keras-team/keras#20585: PerReplica values "
-                   "reach convert_to_tensor); strict, so a fixed Keras makes this fail loudly")
-def test_multi_worker_strategy_two_processes_chief_writes_the_run(layout_cache, tmp_path):
-    from pcam.store import prepare
-
-    store_dir = tmp_path / "store"
-    # Several shards, so that each worker reads its own files.
-    prepare(DataSettings(data_dir=str(layout_cache), store_dir=str(store_dir), shard_tiles=64),
-            splits=("train",), quiet=True)
-    ports = [free_port(), free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    runs = tmp_path / "runs"
-    args = [sys.executable, str(REPO / "scripts" / "train.py"), "--data-dir", str(layout_cache),
-            "--store-dir", str(store_dir), "--runs-dir", str(runs), "--run", "mw",
-            "--folds", "2", "--fold", "1", "--backbone", "simple-cnn", "--weights", "none",
-            "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "16",
-            "--strategy", "multiworker"]
+def two_workers(args: list[str], timeout=600) -> list[tuple[int, str, str]]:
+    """Run ``args`` as the two workers of a cluster on 127.0.0.1 (TF_CONFIG);
+    (exit status, stdout, stderr) of each."""
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     workers = []
     for index in (0, 1):
         env = {**os.environ, "TF_CONFIG": json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}})}
         workers.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True))
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
-    assert "2 replica(s), global batch 32" in outputs[0][0]
+    outputs = [w.communicate(timeout=timeout) for w in workers]
+    return [(w.returncode, out, err) for w, (out, err) in zip(workers, outputs)]
+
+
+def test_multi_worker_strategy_two_processes_chief_writes_the_run(layout_cache, tmp_path):
+    """Keras 3 needs pcam.distribute.fix_keras_multi_worker for this (keras-team/keras#20585)."""
+    from pcam.store import prepare
+
+    store_dir = tmp_path / "store"
+    runs = tmp_path / "runs"
+    args = [sys.executable, str(REPO / "scripts" / "train.py"), "--data-dir", str(layout_cache),
+            "--store-dir", str(store_dir), "--runs-dir", str(runs), "--run", "mw",
+            "--folds", "2", "--fold", "1", "--backbone", "simple-cnn", "--weights", "none",
+            "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "16",
+            "--strategy", "multiworker"]
+    # Workers do not build the store (they would all build it at once): it must exist.
+    for status, _, err in two_workers(args):
+        assert status == 2 and "scripts/prepare.py" in err.splitlines()[-1], err[-2000:]
+
+    # Several shards, so that a streamed store could be split by files too.
+    prepare(DataSettings(data_dir=str(layout_cache), store_dir=str(store_dir), shard_tiles=64),
+            splits=("train",), quiet=True)
+    (chief, out, err), (other, _, other_err) = two_workers(args)
+    assert chief == 0, err[-3000:]
+    assert other == 0, other_err[-3000:]
+    assert "2 replica(s), global batch 32" in out
     fold = runs / "mw" / "fold_1"
     assert (fold / "best.keras").is_file() and (fold / "metrics.json").is_file()
-    oof = pd.read_csv(fold / "oof.csv")
-    assert len(oof) == 150                                   # all of fold 1, not half
+    history = pd.read_csv(fold / "history_finetune.csv")
+    assert history["val_auc"].between(0, 1).all()
+    oof = pd.read_csv(fold / "oof.csv", dtype={"id": str})
+    folds = pd.read_csv(runs / "mw" / "folds.csv", dtype={"id": str})
+    assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 1, "id"])  # all of it, once
     assert sorted(p.name for p in (runs / "mw").iterdir()) == ["config.json", "fold_1", "folds.csv"]
 
 
