@@ -49,6 +49,8 @@ class Source:
         histories: per fold, the phases' training logs in order.
         store: where the gallery's tiles are (None: no galleries).
         notes: sentences the report shows under its summary.
+        models: each fold's best model (a run's report), for Grad-CAM of
+            the gallery tiles, each by the fold model that predicted it.
     """
 
     title: str
@@ -58,6 +60,7 @@ class Source:
     histories: dict[int, pd.DataFrame] = field(default_factory=dict)
     store: Store | None = None
     notes: list[str] = field(default_factory=list)
+    models: dict[int, Path] = field(default_factory=dict)
 
 
 def evaluate(settings: EvaluateSettings) -> dict:
@@ -96,7 +99,8 @@ def run_source(run_dir: Path) -> Source:
     return Source(title=f"run {run_dir.resolve().name}: out-of-fold predictions",
                   groups=groups, oof=groups[POOLED], config=config,
                   histories={k: read_history(run_dir / f"fold_{k}", config) for k in done},
-                  store=store, notes=notes)
+                  store=store, notes=notes,
+                  models={k: run_dir / f"fold_{k}" / "best.keras" for k in done})
 
 
 def submission_source(path: Path, answers: str) -> Source:
@@ -117,7 +121,9 @@ def submission_source(path: Path, answers: str) -> Source:
     if frame.empty:
         raise PcamError(f"--answers {answers}: none of its ids is in {path}; is it the answer "
                         "key of this test set?")
-    notes = [f"{len(frame):,} of the submission's {len(submitted):,} tiles have an answer."]
+    notes = [] if len(frame) == len(submitted) else [
+        f"Only {len(frame):,} of the submission's {len(submitted):,} tiles have an answer; "
+        "the report covers those."]
     record = path.with_suffix(".json")
     run = json.loads(record.read_text()) if record.is_file() else {}
     config, oof, store = None, None, None
@@ -229,14 +235,15 @@ def _figures(source: Source, results: dict, main: str, threshold: float, out: Pa
                 f"Training curves, fold {k}",
                 "Both phases in one figure; the dashed line marks where fine-tuning starts."))
     if source.store is not None and gallery:
-        shown += _galleries(source.groups[main], source.store, threshold, out, gallery)
+        shown += _galleries(source, source.groups[main], threshold, out, gallery)
     return shown
 
 
-def _galleries(frame: pd.DataFrame, store: Store, threshold: float, out: Path,
+def _galleries(source: Source, frame: pd.DataFrame, threshold: float, out: Path,
                n: int) -> list[report.Figure]:
     """The most confident mistakes: false positives with the highest
-    probabilities, false negatives with the lowest."""
+    probabilities, false negatives with the lowest; for a run, each again
+    with Grad-CAM from the fold model that predicted it."""
     from pcam.pipeline import read_tiles  # imports TensorFlow: only for galleries
 
     wrong_pos = frame[(frame["label"] == 0) & (frame["prob"] >= threshold)].nlargest(n, "prob")
@@ -244,12 +251,42 @@ def _galleries(frame: pd.DataFrame, store: Store, threshold: float, out: Path,
     shown = []
     for rows, name, what in ((wrong_pos, "false_positives", "False positives"),
                              (wrong_neg, "false_negatives", "False negatives")):
-        tiles = read_tiles(store, rows["id"])
+        tiles = read_tiles(source.store, rows["id"])
         title = f"{what}: the {len(rows)} most confident (threshold {threshold:.3f})"
         shown.append(report.Figure(figures.gallery(tiles, rows, title, out / f"{name}.png"),
-                                   what, "The yellow square is the centre 32×32 region that "
-                                   "decides a PCam label."))
+                                   what, "The outlined square is the centre 32×32 region "
+                                   "that decides a PCam label."))
+        if source.models and len(rows) and "fold" in rows:
+            heat = _gradcam_by_fold(tiles, rows, source)
+            shown.append(report.Figure(
+                figures.gallery(tiles, rows, f"{title}: Grad-CAM", out / f"{name}_gradcam.png",
+                                heat=heat),
+                f"{what}: where the model saw tumour",
+                "Grad-CAM of each tile by the fold model that predicted it (evidence for "
+                "tumour, red the strongest in each tile; none: no tint). A false positive "
+                "shows what looked like tumour; a false negative, what tumour evidence the "
+                "model still found. python scripts/explain.py --run RUN --ids ID draws one "
+                "tile larger."))
     return shown
+
+
+def _gradcam_by_fold(tiles: np.ndarray, rows: pd.DataFrame, source: Source) -> np.ndarray:
+    """Grad-CAM maps (0..1, the tiles' size) of tumour evidence, each tile by
+    its own fold's model. A model that takes centre crops is shown the crop,
+    as in validation; outside it the map is 0 (the model saw nothing there)."""
+    from pcam.augment import compose, eval_ops
+    from pcam.gradcam import explainer, gradcam
+    from pcam.inference import load_fold_model
+
+    as_fed = np.asarray(compose(eval_ops(source.config.augment))(tiles, None))
+    start = (tiles.shape[1] - as_fed.shape[1]) // 2
+    heat = np.zeros(tiles.shape[:3], np.float32)
+    folds = rows["fold"].to_numpy()
+    for k in np.unique(folds):
+        at = np.flatnonzero(folds == k)
+        maps, _ = gradcam(explainer(load_fold_model(source.models[int(k)])), as_fed[at])
+        heat[at, start:start + maps.shape[1], start:start + maps.shape[2]] = maps
+    return heat
 
 
 def _plain(value):

@@ -138,25 +138,35 @@ def calibration(groups: dict[str, pd.DataFrame], path: Path, bins: int = 10) -> 
 
 
 def gallery(tiles: np.ndarray, rows: pd.DataFrame, title: str, path: Path,
-            columns: int = 6) -> Path:
+            columns: int = 6, heat: np.ndarray | None = None) -> Path:
     """Tiles with their id, true label and predicted probability; the
-    centre 32x32 square (the region PCam's label is about) outlined."""
+    centre 32x32 square (the region PCam's label is about) outlined. With
+    ``heat`` (Grad-CAM maps in 0..1, one per tile), each map over its tile."""
     n = max(len(rows), 1)
     lines = -(-n // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(2.1 * columns, 2.5 * lines),
                              squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, tile, row in zip(axes.ravel(), tiles, rows.itertuples()):
+    for i, (ax, tile, row) in enumerate(zip(axes.ravel(), tiles, rows.itertuples())):
         ax.imshow(tile)
-        size = tile.shape[0]
-        ax.add_patch(plt.Rectangle((size / 2 - 16.5, size / 2 - 16.5), 32, 32, fill=False,
-                                   ec="yellow", lw=1, ls="--"))
+        if heat is not None:
+            ax.imshow(heat[i], cmap="jet", vmin=0, vmax=1, alpha=0.45)
+        centre_square(ax, tile.shape[0])
         ax.set_title(f"{row.id[:12]}…\nlabel {row.label}, p = {row.prob:.3f}", fontsize=8)
     if not len(rows):
         axes[0, 0].text(0, 0.5, "none", fontsize=12)
     fig.suptitle(title)
     return save(fig, path)
+
+
+def centre_square(ax, size: int) -> None:
+    """Outline the centre 32x32 pixels of a size x size tile: white on a dark
+    edge, visible on pale and on dark tissue."""
+    if size >= 32:
+        ax.add_patch(plt.Rectangle(
+            (size / 2 - 16.5, size / 2 - 16.5), 32, 32, fill=False, ec="white", lw=0.8,
+            path_effects=[patheffects.withStroke(linewidth=2.2, foreground="black")]))
 
 
 def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
@@ -179,10 +189,7 @@ def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    if size >= 32:
-        for ax in (axes[0], axes[2]):  # white on a dark edge: visible on pale and dark tissue
-            ax.add_patch(plt.Rectangle(
-                (size / 2 - 16.5, size / 2 - 16.5), 32, 32, fill=False, ec="white", lw=0.8,
-                path_effects=[patheffects.withStroke(linewidth=2.2, foreground="black")]))
+    for ax in (axes[0], axes[2]):
+        centre_square(ax, size)
     fig.suptitle(f"{title}\n{subtitle}", fontsize=9.5)
     return save(fig, path)

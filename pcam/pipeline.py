@@ -55,31 +55,30 @@ def parse(records, shape=(96, 96, 3)):
     return example
 
 
-def _stream_positions(store: Store, worker=(0, 1)) -> np.ndarray:
-    """Store positions (rows of ``store.index()``) of the records in the shard
-    files one worker reads, in the order it reads them."""
-    index, count = worker
-    starts = np.cumsum([0] + [s["n_tiles"] for s in store.manifest["shards"]])
-    ranges = [np.arange(starts[s], starts[s + 1]) for s in range(index, len(starts) - 1, count)]
-    return np.concatenate(ranges).astype(np.int64) if ranges else np.zeros(0, np.int64)
-
-
-def record_batches(store: Store, worker=(0, 1)) -> tf.data.Dataset:
-    """Batches of parsed records (image, id, label, index, position) in store order.
-
-    ``position`` is the tile's row in ``store.index()``: its place in the stream
-    of shard files. The ``index`` feature numbers the source listing instead,
-    which differs once ``--skip-bad`` has left tiles out.
-
-    ``worker=(index, count)``: in a multi-worker run each worker reads every
-    count-th shard file, starting at its index, so no tile is read twice.
-    """
+def worker_shards(store: Store, worker=(0, 1)) -> list[int]:
+    """The shard files one worker of a multi-worker run reads: every count-th,
+    starting at its index, so that no tile is read twice."""
     index, count = worker
     if count > len(store.shards):
         raise PcamError(f"{store.path} has {len(store.shards)} shard file(s) for {count} workers; "
                         "rebuild the store with a smaller --shard-tiles")
-    files = tf.data.Dataset.from_tensor_slices([str(p) for p in store.shards[index::count]])
-    positions = tf.constant(_stream_positions(store, worker))
+    return list(range(index, len(store.shards), count))
+
+
+def record_batches(store: Store, shards=None) -> tf.data.Dataset:
+    """Batches of parsed records (image, id, label, index, position) in store
+    order, from the shard files numbered ``shards`` (default: all).
+
+    ``position`` is the tile's row in ``store.index()``: its place in the stream
+    of shard files. The ``index`` feature numbers the source listing instead,
+    which differs once ``--skip-bad`` has left tiles out.
+    """
+    shards = range(len(store.shards)) if shards is None else shards
+    starts = np.cumsum([0] + [s["n_tiles"] for s in store.manifest["shards"]])
+    positions = tf.constant(np.concatenate(
+        [np.arange(starts[s], starts[s + 1]) for s in shards] + [np.zeros(0, np.int64)]))
+    files = tf.data.Dataset.from_tensor_slices(
+        tf.constant([str(store.shards[s]) for s in shards], tf.string))
     shape = tuple(store.manifest["tile_shape"])
 
     def parse_at(batch_number, raw):
@@ -93,10 +92,11 @@ def record_batches(store: Store, worker=(0, 1)) -> tf.data.Dataset:
     return ds.batch(RECORD_BATCH).enumerate().map(parse_at, num_parallel_calls=AUTOTUNE)
 
 
-def records(store: Store, indices=None, worker=(0, 1)) -> tf.data.Dataset:
+def records(store: Store, indices=None, worker=(0, 1), shards=None) -> tf.data.Dataset:
     """Parsed records of ``store`` in store order, only those at positions
-    ``indices`` if given. ``worker``: see ``record_batches``."""
-    ds = record_batches(store, worker)
+    ``indices`` if given, from the shard files a ``worker`` reads (see
+    ``worker_shards``) or those numbered ``shards``."""
+    ds = record_batches(store, worker_shards(store, worker) if shards is None else shards)
     if indices is not None:
         keep = np.zeros(store.n_tiles, bool)
         keep[np.asarray(indices, np.int64)] = True
@@ -159,7 +159,7 @@ def ram_tiles(store: Store) -> RamTiles:
                             name="store_tiles")
         with tqdm(total=n, unit="tile", desc=f"{store.path.name} store -> RAM",
                   disable=n < 20 * RECORD_BATCH) as bar:
-            for batch in record_batches(store).prefetch(2):
+            for batch in record_batches(store).prefetch(2):  # every shard
                 tiles.scatter_update(tf.IndexedSlices(batch["image"], batch["position"]))
                 bar.update(int(batch["position"].shape[0]))
     loaded = RamTiles(tiles, store.index()["label"].to_numpy(np.float32))
@@ -320,8 +320,8 @@ def _known_length(ds, n_tiles: int, batch_size: int):
 def read_tiles(store: Store, ids) -> np.ndarray:
     """The tiles with these ``ids`` as a uint8 array, in the order given.
 
-    For a few tiles (galleries, explanations): it reads the whole store once,
-    keeping only the tiles asked for. An id the store lacks is a PcamError.
+    For a few tiles (galleries, explanations): it reads only the shard files
+    that hold them. An id the store lacks is a PcamError.
     """
     ids = [str(i) for i in ids]
     position = pd.Series(np.arange(store.n_tiles), index=store.index()["id"])
@@ -333,6 +333,8 @@ def read_tiles(store: Store, ids) -> np.ndarray:
     shape = tuple(store.manifest["tile_shape"])
     if not ids:
         return np.zeros((0, *shape), np.uint8)
+    ends = np.cumsum([s["n_tiles"] for s in store.manifest["shards"]])
+    shards = np.unique(np.searchsorted(ends, wanted, side="right")).tolist()
     found = {int(ex["position"]): ex["image"].numpy()
-             for ex in records(store, np.unique(wanted))}
+             for ex in records(store, np.unique(wanted), shards=shards)}
     return np.stack([found[int(p)] for p in wanted])

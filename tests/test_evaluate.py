@@ -116,7 +116,9 @@ def test_training_writes_the_report_and_its_metrics_match_sklearn(tiny_run):
     folder = run_dir / "report"
     record = check_report(folder, {"confusion.png", "roc_pr.png", "calibration.png",
                                    "training_fold_0.png", "training_fold_1.png",
-                                   "false_positives.png", "false_negatives.png"})
+                                   "false_positives.png", "false_negatives.png",
+                                   "false_positives_gradcam.png",
+                                   "false_negatives_gradcam.png"})
     oof = pd.concat([pd.read_csv(run_dir / f"fold_{k}" / "oof.csv") for k in (0, 1)])
     pooled = record["groups"]["pooled"]
     assert pooled["auc"] == pytest.approx(roc_auc_score(oof["label"], oof["prob"]))
