@@ -162,7 +162,8 @@ class TrainSettings:
     schedule: str = _opt("cosine", "phase 2 learning rate: cosine decay, or plateau "
                                    "(halve when validation AUC stalls)",
                          choices=("cosine", "plateau"))
-    patience: int = _opt(3, "epochs without validation AUC gain before early stopping")
+    patience: int = _opt(3, "epochs without validation AUC gain before early stopping "
+                            "(with the cosine schedule, counted in the phase's second half)")
     label_smoothing: float = _opt(0.0, "binary cross-entropy label smoothing (e.g. 0.05)")
     tensorboard: bool = _opt(False, "write TensorBoard logs in the fold's folder")
 
