@@ -8,8 +8,10 @@ The real tiles are laid out as the competition ships them (train/ from the
 20,000 train tiles, test/ from the 3,000 valid tiles, answers beside). The
 recipe trains fold 0 of 10 (18,000 tiles learn, 2,000 choose the best epoch)
 through scripts/train.py exactly as a user runs it; the best model then
-predicts the 3,000 held-out valid tiles, scored against their labels. The
-floor to clear: a logistic regression on 14 colour statistics gets AUC 0.80.
+predicts the 3,000 held-out valid tiles through pcam.inference.predict (what
+scripts/predict.py runs: without test-time augmentation, and with its
+default 8 dihedral views), scored against their labels. The floor to clear:
+a logistic regression on 14 colour statistics gets AUC 0.80.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/pcam-bench"))
-    parser.add_argument("--epochs", type=int, default=12, help="epochs of the (only) phase")
+    parser.add_argument("--epochs", type=int, default=16, help="epochs of the (only) phase")
     parser.add_argument("--run", default="real-pcam-cpu")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -45,30 +47,30 @@ def main():
     subprocess.run(command, check=True)
     train_s = time.perf_counter() - start
 
-    import keras
     import pandas as pd
 
-    import pcam.models  # noqa: F401 -- registers the custom layers best.keras holds
-    from pcam.metrics import auc, binary_metrics
-    from pcam.pipeline import predict_dataset
-    from pcam.settings import DataSettings
-    from pcam.store import prepare
+    from pcam.inference import predict
+    from pcam.metrics import auc
+    from pcam.settings import PredictSettings
 
-    test = prepare(DataSettings(data_dir=str(layout)), splits=("test",), quiet=True)["test"]
-    model = keras.models.load_model(runs / args.run / "fold_0" / "best.keras")
-    probs = model.predict(predict_dataset(test), verbose=0).ravel()
-    total_s = time.perf_counter() - start
-    answers = pd.read_csv(str(layout) + ".answers.csv", dtype={"id": str}).set_index("id")
-    labels = answers.loc[test.index()["id"], "label"].to_numpy()
-    valid = binary_metrics(labels, probs)
+    answers = str(layout) + ".answers.csv"
+    scored = {}
+    for tta in (1, 8):
+        start_predict = time.perf_counter()
+        record = predict(PredictSettings(run=str(runs / args.run), tta=tta, answers=answers,
+                                         out=str(args.work / f"{args.run}-tta{tta}.csv")))
+        scored[tta] = record["answers"]["auc"], time.perf_counter() - start_predict
+    total_s = train_s + scored[8][1]  # training, then the default prediction
     internal = pd.read_csv(runs / args.run / "fold_0" / "oof.csv")
     table("Real PCam, CPU recipe (" + " ".join(CPU_RECIPE) + f" --epochs-finetune {args.epochs})",
-          [("fold-0 validation (2,000 of the train tiles)", f"{auc(internal['label'], internal['prob']):.4f}",
-            "", ""),
-           ("held-out valid tiles (3,000)", f"{valid['auc']:.4f}", f"{valid['accuracy']:.4f}",
-            f"{total_s / 60:.1f} min (training {train_s / 60:.1f})")],
-          ("evaluated on", "AUC", "accuracy", "wall time"))
-    ok = valid["auc"] >= 0.90 and total_s <= 45 * 60
+          [("fold-0 validation (2,000 of the train tiles)",
+            f"{auc(internal['label'], internal['prob']):.4f}", ""),
+           ("held-out valid tiles (3,000), no TTA", f"{scored[1][0]:.4f}",
+            f"{scored[1][1] / 60:.1f} min to predict"),
+           ("held-out valid tiles (3,000), TTA x8 (the default)", f"{scored[8][0]:.4f}",
+            f"{total_s / 60:.1f} min with training ({train_s / 60:.1f})")],
+          ("evaluated on", "AUC", "wall time"))
+    ok = scored[8][0] >= 0.90 and total_s <= 45 * 60
     print(f"\ntarget AUC >= 0.90 within 45 min: {'met' if ok else 'NOT met'}")
 
 

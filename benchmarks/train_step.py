@@ -4,7 +4,7 @@ the real pipeline, against the same model fed one constant in-memory batch.
     python benchmarks/train_step.py [--work /tmp/pcam-bench] [--backbone simple-cnn] [--steps 60]
 
 Both runs use the same model, batch size and number of steps, in one process;
-the first epoch of each (tracing, filling the RAM cache) is not timed.
+the first epoch of each (tracing, loading the store into RAM) is not timed.
 Target (issue 3): real pipeline >= 0.95 x constant batch.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main():
     rows = []
     results = {}
     for name, data in (("one constant batch in memory (baseline)", constant),
-                       ("real pipeline: store, cache, shuffle, dihedral", real)):
+                       ("real pipeline: store in RAM, shuffle, dihedral", real)):
         keras.utils.set_random_seed(0)
         model = create_model(args.backbone, image_size=args.image_size, weights="none")
         model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy",
