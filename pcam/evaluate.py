@@ -233,7 +233,9 @@ def _figures(source: Source, results: dict, main: str, threshold: float, out: Pa
             shown.append(report.Figure(
                 figures.training_curves(history, f"fold {k}", out / f"training_fold_{k}.png"),
                 f"Training curves, fold {k}",
-                "Both phases in one figure; the dashed line marks where fine-tuning starts."))
+                "Both phases in one figure; the dashed line marks where fine-tuning starts."
+                if history["phase"].nunique() > 1 else
+                f"One phase ({history['phase'].iloc[0]}); the star marks the saved model."))
     if source.store is not None and gallery:
         shown += _galleries(source, source.groups[main], threshold, out, gallery)
     return shown

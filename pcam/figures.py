@@ -92,7 +92,8 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
         for prefix, label in (("", "training"), ("val_", "validation")):
             if prefix + metric in history:
                 ax.plot(epoch, history[prefix + metric], marker="o", ms=3, label=label)
-        ax.set(xlabel="epoch (counted over both phases)",
+        ax.set(xlabel="epoch (counted over both phases)" if history["phase"].nunique() > 1
+               else "epoch",
                ylabel="AUC" if metric == "auc" else "binary cross-entropy")
         ax.set_title("AUC" if metric == "auc" else "loss", pad=16)  # room for phase names
         ax.grid(alpha=0.3)

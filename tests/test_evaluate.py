@@ -130,6 +130,7 @@ def test_training_writes_the_report_and_its_metrics_match_sklearn(tiny_run):
         roc_auc_score(fold_1["label"], fold_1["prob"]))
     page = (folder / "index.html").read_text()
     assert f"{pooled['auc']:.4f}" in page and "simple-cnn" in page
+    assert "the dashed line marks where fine-tuning starts" in page  # two phases ran
 
 
 def test_evaluate_script_with_target_sensitivity_and_a_scored_submission(tiny_run, tmp_path,
