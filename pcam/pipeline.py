@@ -74,7 +74,7 @@ def record_batches(store: Store, shards=None) -> tf.data.Dataset:
     which differs once ``--skip-bad`` has left tiles out.
     """
     shards = range(len(store.shards)) if shards is None else shards
-    starts = np.cumsum([0] + [s["n_tiles"] for s in store.manifest["shards"]])
+    starts = store.shard_starts
     positions = tf.constant(np.concatenate(
         [np.arange(starts[s], starts[s + 1]) for s in shards] + [np.zeros(0, np.int64)]))
     files = tf.data.Dataset.from_tensor_slices(
@@ -333,8 +333,7 @@ def read_tiles(store: Store, ids) -> np.ndarray:
     shape = tuple(store.manifest["tile_shape"])
     if not ids:
         return np.zeros((0, *shape), np.uint8)
-    ends = np.cumsum([s["n_tiles"] for s in store.manifest["shards"]])
-    shards = np.unique(np.searchsorted(ends, wanted, side="right")).tolist()
+    shards = np.unique(np.searchsorted(store.shard_starts, wanted, side="right") - 1).tolist()
     found = {int(ex["position"]): ex["image"].numpy()
              for ex in records(store, np.unique(wanted), shards=shards)}
     return np.stack([found[int(p)] for p in wanted])

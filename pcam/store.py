@@ -60,8 +60,14 @@ class Store:
         """Size of the raw tiles, which is what a RAM cache of the store holds."""
         return self.n_tiles * int(np.prod(self.manifest["tile_shape"]))
 
+    @property
+    def shard_starts(self) -> np.ndarray:
+        """Row of ``index()`` at which each shard file starts, then ``n_tiles``."""
+        return np.cumsum([0] + [s["n_tiles"] for s in self.manifest["shards"]])
+
     def index(self) -> pd.DataFrame:
-        """Table of ``id``, ``label`` in store order (row i has ``index`` i)."""
+        """Table of ``id``, ``label`` in store order: row i is the i-th tile of
+        the shard files read in turn (its position)."""
         return pd.read_csv(self.path / "index.csv", dtype={"id": str, "label": int})
 
 

@@ -33,14 +33,15 @@ import pandas as pd
 import tensorflow as tf
 
 from pcam import distribute, metrics
+from pcam.competition import read_competition
 from pcam.evaluate import evaluate
 from pcam.errors import PcamError
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
+from pcam.inference import load_fold_model
 from pcam.io import atomic_write_text
 from pcam.models import (TILE_SIZE, count_trainable_weights, create_model, get_backbone,
                          set_backbone_trainable)
 from pcam.pipeline import eval_dataset, train_dataset
-from pcam.competition import read_competition
 from pcam.settings import (DataSettings, EvaluateSettings, RunSettings, TrainSettings, from_json,
                            to_dict, to_json)
 from pcam.store import Store, is_current, open_store, prepare
@@ -213,15 +214,15 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
                                        backup=not multi_worker) + list(callbacks),
                   verbose=_verbosity(chief))
         done.touch()
-    if best.is_file():
-        _load_best(model, best)
     if multi_worker:
         # Keras' predict under a multi-worker strategy gathers every worker's
         # predictions, and each worker reads the whole validation set: twice
         # the rows. The chief predicts alone, with the saved model outside the strategy.
         if not chief:
             return {}
-        model = keras.models.load_model(best, compile=False)
+        model = load_fold_model(best)
+    elif best.is_file():
+        _load_best(model, best)
     return _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings)
 
 
