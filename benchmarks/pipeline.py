@@ -41,7 +41,7 @@ def bench_ingest(layout: Path, work: Path) -> list[tuple]:
     from pcam.competition import read_competition
     from pcam.settings import DataSettings
     from pcam.store import build_store
-    from pcam.tiles import decode_tile
+    from pcam.images import decode_image
 
     train, _ = read_competition(layout)
     paths = [train.path(t) for t in train.ids]
@@ -51,7 +51,7 @@ def bench_ingest(layout: Path, work: Path) -> list[tuple]:
     loop = time.perf_counter() - start
     start = time.perf_counter()
     for p in paths:
-        decode_tile(p)
+        decode_image(p)
     ours_loop = time.perf_counter() - start
     out = work / "store-ingest"
     subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -61,7 +61,7 @@ def bench_ingest(layout: Path, work: Path) -> list[tuple]:
     n = len(paths)
     return [
         ("tifffile.imread loop, 1 process (baseline)", rate(n, loop), "1.00"),
-        ("pcam decode_tile loop, 1 process", rate(n, ours_loop), f"{loop / ours_loop:.2f}"),
+        ("pcam decode_image loop, 1 process", rate(n, ours_loop), f"{loop / ours_loop:.2f}"),
         (f"pcam ingest -> store, {os.cpu_count()} workers", rate(n, ingest), f"{loop / ingest:.2f}"),
     ]
 
