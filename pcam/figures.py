@@ -1,12 +1,20 @@
-"""The report's figures, one function each, written as PNG files.
+"""The report's figures, one function each, returned as matplotlib Figures.
 
-Every function takes plain data (arrays, data frames) and a path, draws one
-figure and writes it atomically. matplotlib's Agg backend draws without a
-display, so reports build on servers and in CI.
+Every function takes plain data (arrays, data frames, class names) and
+draws one figure; ``save(fig, path)`` writes it as a PNG atomically and
+closes it. matplotlib's Agg backend draws without a display, so reports
+build on servers and in CI.
+
+Class names come from the run (PCam: "normal", "tumour"; class folders:
+their folder names, e.g. "Serrated_adenoma" or "03_COMPLEX"); figures for K
+classes size their fonts and wrap or rotate the names so that eight long
+names stay readable.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -14,6 +22,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 from matplotlib import patheffects  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
@@ -24,157 +33,349 @@ from pcam.metrics import auc  # noqa: E402
 
 DPI = 110  # a 6.4-inch-wide figure is 704 px: sharp in a browser, ~50 KB
 POOLED = "pooled"  # the group name of all predictions together
+PCAM_REGION = 32  # side of the centre square that decides a PCam label
 
 
-def save(fig, path: Path) -> Path:
-    """Write ``fig`` as a PNG atomically and close it."""
+def save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it; return ``path``."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return Path(path)
 
 
-def confusion(m: dict, title: str, path: Path) -> Path:
-    """Confusion matrix at the chosen threshold: counts, and rows normalised
-    to 1 (so the diagonal reads as specificity and sensitivity)."""
-    counts = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]], float)
-    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+def short_name(name: str, width: int = 14) -> str:
+    """A class name fit for a tick label: wrapped onto lines of about
+    ``width`` characters after its underscores, hyphens or spaces; never cut
+    or respelled (the page's tables use the same names, and "High-grade_IN"
+    and "Low-grade_IN" differ only in their start)."""
+    parts = re.findall(r"[^_\-\s]+[_\-\s]*", str(name)) or [str(name)]
+    lines = [""]
+    for part in parts:
+        if lines[-1] and len(lines[-1]) + len(part.rstrip()) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def short_id(tile_id: str, width: int = 16) -> str:
+    """An id fit for a caption: PCam's hashes by their start, file names by
+    their start and end (where the differing part usually is)."""
+    tile_id = str(tile_id)
+    if len(tile_id) <= width:
+        return tile_id
+    half = (width - 1) // 2
+    return f"{tile_id[:half]}…{tile_id[-half:]}"
+
+
+def _font(k: int) -> float:
+    """Font size of the cells and ticks of a K-class figure."""
+    return 12.0 if k <= 3 else 10.0 if k <= 5 else 8.5 if k <= 8 else 7.0
+
+
+# --- any number of classes -------------------------------------------------------------
+
+def confusion(counts, classes: Sequence[str], title: str) -> Figure:
+    """Confusion matrix as counts and with rows normalised to 1, side by side.
+
+    Args:
+        counts: K x K counts, rows the true class, columns the predicted one.
+        classes: the K class names in label order.
+        title: the figure's heading (which predictions, at what threshold).
+
+    The diagonal of the normalised panel is each class's sensitivity; both
+    panels are coloured by that rate, so a small class's errors show as
+    strongly as a large one's.
+    """
+    counts = np.asarray(counts, np.float64)
+    k = len(classes)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    font = _font(k)
+    side = max(4.2, 0.62 * k + 1.6)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.2, side + 0.4),
+                             gridspec_kw={"wspace": 0.12 if k > 2 else 0.35})
+    names = [short_name(c, 16) for c in classes]
     for ax, values, kind, fmt in ((axes[0], counts, "counts", "{:,.0f}"),
-                                  (axes[1], rows, "row-normalised", "{:.1%}")):
-        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)  # colour by rate in both panels
+                                  (axes[1], rates, "row-normalised (fraction of true class)",
+                                   "{:.0%}" if k > 4 else "{:.1%}")):
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=13,
-                    color="white" if rows[i, j] > 0.6 else "black")
-        ax.set_xticks([0, 1], ["predicted 0\n(no tumour)", "predicted 1\n(tumour)"])
-        ax.set_yticks([0, 1], ["true 0", "true 1"])
-        ax.set_title(kind)
-    fig.suptitle(f"{title}: confusion matrix at threshold {m['threshold']:.3f}")
-    return save(fig, path)
+            # Empty cells in grey, so the eye goes to the errors that happened.
+            colour = ("white" if rates[i, j] > 0.6 else "black") if counts[i, j] else "#b0b0b0"
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=font, color=colour)
+        ax.set_xticks(range(k), names, fontsize=font,
+                      rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center",
+                      rotation_mode="anchor")
+        ax.set_yticks(range(k), names if ax is axes[0] else [] if k > 2 else names,
+                      fontsize=font)
+        ax.set_xlabel("predicted class", fontsize=font + 1)
+        ax.set_title(kind, fontsize=font + 2)
+    axes[0].set_ylabel("true class", fontsize=font + 1)
+    fig.suptitle(title, fontsize=font + 3)
+    return fig
 
 
-def roc_pr(groups: dict[str, pd.DataFrame], path: Path) -> Path:
-    """ROC and precision-recall curves of every group (folds, then pooled)."""
+def roc_ovr(labels, probs, classes: Sequence[str], title: str) -> Figure:
+    """One-vs-rest ROC curve of every class, its AUC in the legend.
+
+    Args:
+        labels: (N,) class indices.
+        probs: (N, K) probabilities.
+        classes: the K class names.
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    k = len(classes)
+    colours = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(7.2, 6.2))
+    for c, name in enumerate(classes):
+        positive = labels == c
+        if positive.all() or not positive.any():
+            ax.plot([], [], color=colours(c), label=f"{name} (absent: no AUC)")
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, c])
+        ax.plot(fpr, tpr, lw=1.6, color=colours(c),
+                label=f"{name} (AUC {auc(positive, probs[:, c]):.3f}, n={positive.sum():,})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    ax.set(xlabel="false positive rate (other classes called this one)",
+           ylabel="true positive rate (sensitivity)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8 if k <= 8 else 7, title="one vs rest",
+              title_fontsize=8)
+    return fig
+
+
+def class_sensitivity(per_class: list[dict], title: str) -> Figure:
+    """Per-class sensitivity (recall) as bars, each with its support; the
+    mean of the bars is the balanced accuracy, drawn as a dashed line.
+
+    Args:
+        per_class: ``multiclass_metrics(...)["per_class"]``.
+    """
+    k = len(per_class)
+    names = [short_name(m["class"], 16) for m in per_class]
+    recall = np.array([m["sensitivity"] for m in per_class], np.float64)
+    support = [m["support"] for m in per_class]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * k + 2), 4.6))
+    bars = ax.bar(range(k), np.nan_to_num(recall), color="tab:blue", alpha=0.85)
+    for bar, value, n in zip(bars, recall, support):
+        text = "no tiles" if n == 0 else f"{value:.0%}\nn={n:,}"
+        # A white box: the balanced-accuracy line may pass behind the text.
+        ax.text(bar.get_x() + bar.get_width() / 2, min(np.nan_to_num(value), 1) + 0.02, text,
+                ha="center", va="bottom", fontsize=8.5, zorder=3,
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    if (~np.isnan(recall)).any():
+        mean = float(np.nanmean(recall))
+        ax.axhline(mean, ls="--", color="crimson", lw=1.2,
+                   label=f"balanced accuracy {mean:.3f}")
+        ax.legend(fontsize=8, loc="upper right")  # above the bars: ylim leaves room
+    ax.set_xticks(range(k), names, fontsize=_font(k) + 0.5,
+                  rotation=30 if k > 4 else 0, ha="right" if k > 4 else "center",
+                  rotation_mode="anchor")
+    ax.set(ylabel="sensitivity (recall)", ylim=(0, 1.22))
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def mistakes(tiles: np.ndarray, rows: pd.DataFrame, classes: Sequence[str], title: str,
+             columns: int = 6, heat: np.ndarray | None = None,
+             label_region: int = 0) -> Figure:
+    """The most confident mistakes, one line of tiles per true class.
+
+    Args:
+        tiles: (N, H, W, 3) uint8, one per row of ``rows``.
+        rows: ``label`` (true class index), ``predicted`` (class index) and
+            ``confidence`` (its probability), grouped by ``label`` and
+            sorted within a class from the most confident mistake.
+        classes: the class names.
+        columns: tiles per line at most.
+        heat: Grad-CAM maps in 0..1 (N, H, W), each drawn over its tile.
+        label_region: side of the centre square that decides a label (0: none drawn).
+    """
+    k = len(classes)
+    labels = rows["label"].to_numpy()
+    # No wider than the longest line: empty columns would shrink the tiles.
+    columns = max(1, min(columns, int(np.bincount(labels, minlength=k).max(initial=0))))
+    fig, axes = plt.subplots(k, columns, figsize=(1.75 * columns + 1.6, 2.0 * k),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for c, name in enumerate(classes):
+        axes[c, 0].set_ylabel(short_name(name, 14), fontsize=9, rotation=0, ha="right",
+                              va="center", labelpad=8)
+        at = np.flatnonzero(labels == c)[:columns]
+        if not len(at):
+            axes[c, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=9,
+                            color="dimgrey", transform=axes[c, 0].transAxes)
+        for ax, i in zip(axes[c], at):
+            ax.imshow(tiles[i])
+            if heat is not None:
+                ax.imshow(heat[i], cmap="jet", vmin=0, vmax=1, alpha=0.45)
+            centre_square(ax, tiles[i].shape[0], label_region)
+            row = rows.iloc[i]
+            ax.set_title(f"→ {short_name(classes[int(row['predicted'])], 16)}\n"
+                         f"p = {row['confidence']:.2f}", fontsize=7.5)
+    fig.suptitle(f"{title}\n(rows: true class; above each tile: the class it was called "
+                 "and its probability)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # 0.6 in for the title
+    return fig
+
+
+def training_curves(history: pd.DataFrame, title: str, classes: Sequence[str] = ()) -> Figure:
+    """Loss and AUC per epoch, training and validation, every phase in one
+    figure with a dashed line where a phase ends; for K > 2 classes the AUC
+    is the macro one-vs-rest AUC, and balanced accuracy gets a third panel
+    when the log has it.
+
+    Args:
+        history: the phases' CSV logs concatenated in training order, with a
+            ``phase`` column (``pcam.runs.read_history``).
+        classes: the run's class names (empty or two: a binary run).
+    """
+    multiclass = len(classes) > 2
+    panels = [("loss", "loss", "cross-entropy" if multiclass else "binary cross-entropy"),
+              ("auc", "macro AUC (one vs rest)" if multiclass else "AUC",
+               "macro AUC" if multiclass else "AUC")]
+    if multiclass and "balanced_accuracy" in history:
+        panels.append(("balanced_accuracy", "balanced accuracy", "balanced accuracy"))
+    history = history.reset_index(drop=True)
+    epoch = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    phases = history["phase"].to_numpy()
+    for ax, (metric, heading, ylabel) in zip(axes, panels):
+        for prefix, label in (("", "training"), ("val_", "validation")):
+            if prefix + metric in history:
+                ax.plot(epoch, history[prefix + metric], marker="o", ms=3, label=label)
+        ax.set(xlabel="epoch (counted over both phases)" if len(set(phases)) > 1 else "epoch",
+               ylabel=ylabel)
+        ax.set_title(heading, pad=16)  # room for the phase names
+        ax.grid(alpha=0.3)
+        for end in np.flatnonzero(phases[1:] != phases[:-1]):
+            ax.axvline(end + 1.5, ls="--", color="grey")
+        for name, rows in history.groupby("phase", sort=False):
+            ax.text(epoch[rows.index].mean(), 1.005, f"phase: {name}",
+                    transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8,
+                    color="dimgrey")
+        if metric == "auc" and "val_auc" in history and history["val_auc"].notna().any():
+            best = int(history["val_auc"].idxmax())  # the epoch best.keras holds
+            ax.plot(epoch[best], history["val_auc"][best], marker="*", ms=14, color="crimson",
+                    ls="none", label="best (saved model)", zorder=3)
+        ax.legend(fontsize=8, loc="best")
+        ax.set_xticks(epoch if len(epoch) <= 20 else ax.get_xticks())
+        ax.set_xlim(0.5, len(epoch) + 0.5)
+    fig.suptitle(title, y=1.07, fontsize=12)  # above the panels' titles and phase names
+    return fig
+
+
+def gallery(tiles: np.ndarray, captions: Sequence[str], title: str, columns: int = 6,
+            heat: np.ndarray | None = None, label_region: int = 0) -> Figure:
+    """Tiles with a caption each (id, true class, probability).
+
+    Args:
+        tiles: (N, H, W, 3) uint8.
+        captions: one short text per tile, shown above it (three lines of
+            about 24 characters fit).
+        heat: Grad-CAM maps in 0..1 (N, H, W), each drawn over its tile.
+        label_region: side of the centre square that decides a label,
+            outlined on each tile (PCam: 32; 0: none).
+    """
+    n = max(len(captions), 1)
+    lines = -(-n // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.1 * columns, 2.7 * lines),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (ax, tile, caption) in enumerate(zip(axes.ravel(), tiles, captions)):
+        ax.imshow(tile)
+        if heat is not None:
+            ax.imshow(heat[i], cmap="jet", vmin=0, vmax=1, alpha=0.45)
+        centre_square(ax, tile.shape[0], label_region)
+        ax.set_title(caption, fontsize=8)
+    if not len(captions):
+        axes[0, 0].text(0, 0.5, "none", fontsize=12)
+    fig.suptitle(title)
+    return fig
+
+
+def centre_square(ax, size: int, region: int = PCAM_REGION) -> None:
+    """Outline the centre ``region`` x ``region`` pixels of a size x size
+    tile (the part that decides its label; 0: nothing drawn): white on a
+    dark edge, visible on pale and on dark tissue."""
+    if region and size >= region:
+        ax.add_patch(plt.Rectangle(
+            (size / 2 - region / 2 - 0.5, size / 2 - region / 2 - 0.5), region, region,
+            fill=False, ec="white", lw=0.8,
+            path_effects=[patheffects.withStroke(linewidth=2.2, foreground="black")]))
+
+
+# --- two classes -------------------------------------------------------------------------
+
+def roc_pr(groups: dict[str, pd.DataFrame], classes: Sequence[str] = ("normal", "tumour")
+           ) -> Figure:
+    """ROC and precision-recall curves of every group (folds, then pooled) of
+    a two-class task; ``prob`` is the probability of ``classes[1]``."""
+    positive = classes[1]
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.8))
     for name, frame in groups.items():
-        pooled = name == POOLED
-        style = dict(lw=2.2, color="black") if pooled else dict(lw=1, alpha=0.7)
+        style = dict(lw=2.2, color="black") if name == POOLED else dict(lw=1, alpha=0.7)
         fpr, tpr, _ = roc_curve(frame["label"], frame["prob"])
         precision, recall, _ = precision_recall_curve(frame["label"], frame["prob"])
         roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc(frame['label'], frame['prob']):.3f})",
                     **style)
         pr_ax.plot(recall, precision, label=name, **style)
     roc_ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
-    roc_ax.set(xlabel="false positive rate (1 - specificity)",
-               ylabel="true positive rate (sensitivity)", title="ROC curve",
+    roc_ax.set(xlabel=f"false positive rate ({classes[0]} called {positive})",
+               ylabel=f"true positive rate (sensitivity to {positive})", title="ROC curve",
                xlim=(0, 1), ylim=(0, 1.01))
     prevalence = pd.concat(groups.values())["label"].mean() if groups else 0
     pr_ax.axhline(prevalence, ls=":", color="grey", lw=1, label=f"chance ({prevalence:.2f})")
-    pr_ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall curve",
-              xlim=(0, 1), ylim=(0, 1.01))
+    pr_ax.set(xlabel=f"recall (sensitivity to {positive})", ylabel="precision",
+              title=f"Precision-recall curve ({positive})", xlim=(0, 1), ylim=(0, 1.01))
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
-    return save(fig, path)
+    return fig
 
 
-def training_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
-    """Loss and AUC per epoch, training and validation, every phase in one
-    figure with a dashed line where a phase ends.
-
-    Args:
-        history: the phases' CSV logs concatenated in training order, with a
-            ``phase`` column.
-    """
-    epoch = np.arange(1, len(history) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "auc")):
-        for prefix, label in (("", "training"), ("val_", "validation")):
-            if prefix + metric in history:
-                ax.plot(epoch, history[prefix + metric], marker="o", ms=3, label=label)
-        ax.set(xlabel="epoch (counted over both phases)" if history["phase"].nunique() > 1
-               else "epoch",
-               ylabel="AUC" if metric == "auc" else "binary cross-entropy")
-        ax.set_title("AUC" if metric == "auc" else "loss", pad=16)  # room for phase names
-        ax.grid(alpha=0.3)
-        phase_ends = np.flatnonzero(history["phase"].to_numpy()[1:]
-                                    != history["phase"].to_numpy()[:-1])
-        for end in phase_ends:
-            ax.axvline(end + 1.5, ls="--", color="grey")
-        for name, rows in history.groupby("phase", sort=False):
-            middle = epoch[rows.index].mean()
-            ax.text(middle, 1.005, f"phase: {name}", transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="dimgrey")
-        if metric == "auc" and history["val_auc"].notna().any():  # the epoch best.keras holds
-            best = int(history["val_auc"].idxmax())
-            ax.plot(epoch[best], history["val_auc"][best], marker="*", ms=14, color="crimson",
-                    ls="none", label="best (saved model)", zorder=3)
-        ax.legend(fontsize=8, loc="best")
-        ax.set_xticks(epoch if len(epoch) <= 20 else ax.get_xticks())
-        ax.set_xlim(0.5, len(epoch) + 0.5)
-    fig.suptitle(title, y=1.02)
-    return save(fig, path)
-
-
-def calibration(groups: dict[str, pd.DataFrame], path: Path, bins: int = 10) -> Path:
-    """Reliability curve (observed tumour rate per bin of predicted
-    probability) over a histogram of the predictions."""
+def calibration(groups: dict[str, pd.DataFrame], classes: Sequence[str] = ("normal", "tumour"),
+                bins: int = 10) -> Figure:
+    """Reliability curve (observed fraction of ``classes[1]`` per bin of
+    predicted probability) over a histogram of the predictions."""
+    positive = classes[1]
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfectly calibrated")
     for name, frame in groups.items():
         observed, predicted = calibration_curve(frame["label"], frame["prob"], n_bins=bins)
-        pooled = name == POOLED
         ax.plot(predicted, observed, marker="o", ms=4, label=name,
-                **(dict(lw=2.2, color="black") if pooled else dict(lw=1, alpha=0.7)))
-    ax.set(ylabel="observed fraction with tumour", title="Calibration", ylim=(0, 1))
+                **(dict(lw=2.2, color="black") if name == POOLED else dict(lw=1, alpha=0.7)))
+    ax.set(ylabel=f"observed fraction {positive}", title="Calibration", ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")  # ten points a curve: "best" is cheap here
     every = pd.concat(groups.values())
     hist.hist([every.loc[every["label"] == c, "prob"] for c in (0, 1)], bins=20, range=(0, 1),
-              stacked=True, label=["true 0", "true 1"], color=["tab:blue", "tab:red"])
-    hist.set(xlabel="predicted probability of tumour", ylabel="tiles", xlim=(0, 1))
+              stacked=True, label=[f"true {classes[0]}", f"true {positive}"],
+              color=["tab:blue", "tab:red"])
+    hist.set(xlabel=f"predicted probability of {positive}", ylabel="tiles", xlim=(0, 1))
     hist.legend(fontsize=8)
-    return save(fig, path)
-
-
-def gallery(tiles: np.ndarray, rows: pd.DataFrame, title: str, path: Path,
-            columns: int = 6, heat: np.ndarray | None = None) -> Path:
-    """Tiles with their id, true label and predicted probability; the
-    centre 32x32 square (the region PCam's label is about) outlined. With
-    ``heat`` (Grad-CAM maps in 0..1, one per tile), each map over its tile."""
-    n = max(len(rows), 1)
-    lines = -(-n // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(2.1 * columns, 2.5 * lines),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, (ax, tile, row) in enumerate(zip(axes.ravel(), tiles, rows.itertuples())):
-        ax.imshow(tile)
-        if heat is not None:
-            ax.imshow(heat[i], cmap="jet", vmin=0, vmax=1, alpha=0.45)
-        centre_square(ax, tile.shape[0])
-        ax.set_title(f"{row.id[:12]}…\nlabel {row.label}, p = {row.prob:.3f}", fontsize=8)
-    if not len(rows):
-        axes[0, 0].text(0, 0.5, "none", fontsize=12)
-    fig.suptitle(title)
-    return save(fig, path)
-
-
-def centre_square(ax, size: int) -> None:
-    """Outline the centre 32x32 pixels of a size x size tile: white on a dark
-    edge, visible on pale and on dark tissue."""
-    if size >= 32:
-        ax.add_patch(plt.Rectangle(
-            (size / 2 - 16.5, size / 2 - 16.5), 32, 32, fill=False, ec="white", lw=0.8,
-            path_effects=[patheffects.withStroke(linewidth=2.2, foreground="black")]))
+    return fig
 
 
 def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
-                path: Path) -> Path:
+                path: Path | None = None, label_region: int = PCAM_REGION):
     """One tile's Grad-CAM: the tile, the heat map (with its scale) and the
-    map over the tile; the centre 32x32 square outlined on the pictures of
-    the tile (the region that decides a PCam label)."""
+    map over the tile; the centre square that decides a label outlined on
+    the pictures of the tile (``label_region`` px; 0: none).
+
+    Returns:
+        The Figure; or, when ``path`` is given (the older calling style of
+        ``pcam.explain``), the path it was saved to.
+    """
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9),
                              gridspec_kw={"width_ratios": [1, 1.22, 1], "wspace": 0.3})
     size = tile.shape[0]
@@ -191,6 +392,6 @@ def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in (axes[0], axes[2]):
-        centre_square(ax, size)
+        centre_square(ax, size, label_region)
     fig.suptitle(f"{title}\n{subtitle}", fontsize=9.5)
-    return save(fig, path)
+    return save(fig, path) if path is not None else fig

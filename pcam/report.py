@@ -29,12 +29,26 @@ td.key { font-family: ui-monospace, monospace; text-align: left; }
 td.value { text-align: left; font-family: ui-monospace, monospace; }
 """
 
-# Metric columns of the table: (key in the metrics, heading, format)
-COLUMNS = [("n", "tiles", "{:,}"), ("positives", "tumour", "{:,}"), ("auc", "ROC AUC", "{:.4f}"),
+# Metric columns of the two-class table: (key in the metrics, heading, format); the
+# heading "positives" becomes the positive class's name.
+COLUMNS = [("n", "tiles", "{:,}"), ("positives", "positives", "{:,}"),
+           ("auc", "ROC AUC", "{:.4f}"),
            ("auc_ci", "95% CI (bootstrap)", "{}"), ("accuracy", "accuracy", "{:.4f}"),
            ("precision", "precision", "{:.4f}"), ("sensitivity", "sensitivity", "{:.4f}"),
            ("specificity", "specificity", "{:.4f}"), ("f1", "F1", "{:.4f}"),
            ("log_loss", "log loss", "{:.4f}")]
+# The K-class table, per group.
+MULTICLASS_COLUMNS = [("n", "tiles", "{:,}"), ("auc", "macro AUC (one vs rest)", "{:.4f}"),
+                      ("auc_ci", "95% CI (bootstrap)", "{}"),
+                      ("accuracy", "accuracy", "{:.4f}"),
+                      ("balanced_accuracy", "balanced accuracy", "{:.4f}"),
+                      ("macro_f1", "macro F1", "{:.4f}"), ("kappa", "Cohen's κ", "{:.4f}"),
+                      ("log_loss", "log loss", "{:.4f}")]
+# The per-class table of a K-class report.
+CLASS_COLUMNS = [("support", "tiles", "{:,}"), ("precision", "precision", "{:.3f}"),
+                 ("sensitivity", "sensitivity (recall)", "{:.3f}"),
+                 ("specificity", "specificity", "{:.3f}"), ("f1", "F1", "{:.3f}"),
+                 ("auc", "AUC (one vs rest)", "{:.4f}")]
 
 
 class Figure(NamedTuple):
@@ -46,26 +60,28 @@ class Figure(NamedTuple):
 
 
 def html_page(record: dict, images: list[Figure]) -> str:
-    """The report page: summary, metrics table, figures, settings."""
+    """The report page: summary, metrics tables, figures, settings.
+
+    Args:
+        record: what ``pcam.evaluate`` writes as ``metrics.json``; its
+            ``task`` ("binary", the default for older records, or
+            "multiclass") decides the summary and the tables.
+        images: the figures, in the order shown.
+    """
     e = html.escape
-    t = record["threshold"]
     main = "pooled" if "pooled" in record["groups"] else "test"
-    m = record["groups"][main]
+    if record.get("task") == "multiclass":
+        summary = _multiclass_summary(record, main)
+    else:
+        summary = _binary_summary(record, main)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(record['title'])}</title><style>{STYLE}</style></head><body>",
         f"<h1>{e(record['title'])}</h1>",
         f'<p class="meta">written {e(record["written"])} by pcam (scripts/evaluate.py)</p>',
-        f'<p class="headline">ROC AUC <b>{_fmt(m["auc"], "{:.4f}")}</b> '
-        f"(95% CI {_ci(m)}) over {m['n']:,} tiles. At threshold <b>{t['value']:.3f}</b> "
-        f"({e(t['rule'])}, chosen on the {e(t['chosen_on'])}): sensitivity "
-        f"{_fmt(m['sensitivity'], '{:.3f}')}, specificity {_fmt(m['specificity'], '{:.3f}')}, "
-        f"F1 {_fmt(m['f1'], '{:.3f}')}.</p>",
+        *summary[:1],
         *[f'<p class="note">{e(note)}</p>' for note in record["notes"]],
-        "<h2>Metrics</h2>", _table(record["groups"]), _fold_spread(record),
-        "<p class=\"meta\">AUC needs no threshold; accuracy, precision, sensitivity, "
-        "specificity and F1 are at the threshold above. The metrics are also in "
-        '<a href="metrics.json">metrics.json</a>.</p>',
+        *summary[1:],
     ]
     for fig in images:
         parts += [f"<h2>{e(fig.title)}</h2>", "<figure>",
@@ -74,6 +90,53 @@ def html_page(record: dict, images: list[Figure]) -> str:
     parts += ["<h2>Settings</h2>", _settings("Run settings (config.json)", record["run_config"]),
               _settings("Report settings", record["settings"]), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _binary_summary(record: dict, main: str) -> list[str]:
+    """Headline and metrics table of a two-class report (threshold-based)."""
+    e = html.escape
+    t = record["threshold"]
+    m = record["groups"][main]
+    classes = record.get("classes") or ["normal", "tumour"]
+    positive = record.get("positive") or classes[1]
+    columns = [(key, e(positive) if key == "positives" else heading, fmt)
+               for key, heading, fmt in COLUMNS]
+    return [
+        f'<p class="headline">ROC AUC <b>{_fmt(m["auc"], "{:.4f}")}</b> '
+        f"(95% CI {_ci(m)}) over {m['n']:,} tiles, {e(positive)} against "
+        f"{e(classes[0])}. At threshold <b>{t['value']:.3f}</b> on p({e(positive)}) "
+        f"({e(t['rule'])}, chosen on the {e(t['chosen_on'])}): sensitivity "
+        f"{_fmt(m['sensitivity'], '{:.3f}')}, specificity {_fmt(m['specificity'], '{:.3f}')}, "
+        f"F1 {_fmt(m['f1'], '{:.3f}')}.</p>",
+        "<h2>Metrics</h2>", _table(record["groups"], columns), _fold_spread(record),
+        "<p class=\"meta\">AUC needs no threshold; accuracy, precision, sensitivity, "
+        "specificity and F1 are at the threshold above. The metrics are also in "
+        '<a href="metrics.json">metrics.json</a>.</p>',
+    ]
+
+
+def _multiclass_summary(record: dict, main: str) -> list[str]:
+    """Headline, metrics table and per-class table of a K-class report."""
+    e = html.escape
+    m = record["groups"][main]
+    classes = record["classes"]
+    return [
+        f'<p class="headline">Macro one-vs-rest ROC AUC <b>{_fmt(m["auc"], "{:.4f}")}</b> '
+        f"(95% CI {_ci(m)}) over {m['n']:,} tiles of {len(classes)} classes. Predicting the "
+        f"most probable class: balanced accuracy <b>{_fmt(m['balanced_accuracy'], '{:.3f}')}"
+        f"</b> (chance {1 / len(classes):.3f}), accuracy {_fmt(m['accuracy'], '{:.3f}')}, "
+        f"macro F1 {_fmt(m['macro_f1'], '{:.3f}')}, Cohen's κ {_fmt(m['kappa'], '{:.3f}')}.</p>",
+        "<h2>Metrics</h2>", _table(record["groups"], MULTICLASS_COLUMNS), _fold_spread(record),
+        "<p class=\"meta\">The predicted class is the most probable one (no threshold). "
+        "Balanced accuracy is the mean of the per-class sensitivities, and macro AUC the "
+        "mean of the per-class one-vs-rest AUCs (classes without tiles are left out of "
+        "both), so a large class does not hide a small one. The metrics are also in "
+        '<a href="metrics.json">metrics.json</a>.</p>',
+        f"<h2>Per class ({e(main)})</h2>", _class_table(m["per_class"]),
+        "<p class=\"meta\">Precision: of the tiles called this class, the fraction that are; "
+        "sensitivity: of the tiles of this class, the fraction called it; specificity: of "
+        "the other tiles, the fraction not called it.</p>",
+    ]
 
 
 def gallery_page(title: str, intro: str, images: list[Figure]) -> str:
@@ -88,22 +151,34 @@ def gallery_page(title: str, intro: str, images: list[Figure]) -> str:
     return "\n".join(parts + ["</body></html>"]) + "\n"
 
 
-def _table(groups: dict) -> str:
-    head = "".join(f"<th>{heading}</th>" for _, heading, _ in COLUMNS)
+def _table(groups: dict, columns: list) -> str:
+    head = "".join(f"<th>{heading}</th>" for _, heading, _ in columns)
     rows = []
     for name, m in groups.items():
         cells = "".join(f"<td>{_ci(m) if key == 'auc_ci' else _fmt(m[key], fmt)}</td>"
-                        for key, _, fmt in COLUMNS)
+                        for key, _, fmt in columns)
         cls = ' class="pooled"' if name in ("pooled", "test") else ""
         rows.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _class_table(per_class: list[dict]) -> str:
+    head = "".join(f"<th>{heading}</th>" for _, heading, _ in CLASS_COLUMNS)
+    rows = "".join(f"<tr><td>{html.escape(str(c['class']))}</td>"
+                   + "".join(f"<td>{_fmt(c[key], fmt)}</td>" for key, _, fmt in CLASS_COLUMNS)
+                   + "</tr>" for c in per_class)
+    return f'<table class="classes"><tr><th>class</th>{head}</tr>{rows}</table>'
+
+
 def _fold_spread(record: dict) -> str:
     if record.get("fold_auc_std") is None:
         return ""
-    return (f"<p>Fold AUC: mean {record['fold_auc_mean']:.4f} ± {record['fold_auc_std']:.4f} "
-            "(standard deviation over folds).</p>")
+    what = "Fold macro AUC" if record.get("task") == "multiclass" else "Fold AUC"
+    text = f"{what}: mean {record['fold_auc_mean']:.4f} ± {record['fold_auc_std']:.4f}"
+    if record.get("fold_balanced_accuracy_std") is not None:
+        text += (f"; balanced accuracy: mean {record['fold_balanced_accuracy_mean']:.4f} ± "
+                 f"{record['fold_balanced_accuracy_std']:.4f}")
+    return f"<p>{text} (standard deviation over folds).</p>"
 
 
 def _settings(title: str, values: dict | None) -> str:

@@ -196,7 +196,7 @@ def test_a_run_without_finished_folds_is_refused(tiny_run, tmp_path):
 
 
 def test_history_joins_the_phases_in_order_without_repeated_epochs(tiny_run, tmp_path):
-    from pcam.evaluate import read_history
+    from pcam.runs import read_history
     fold = tmp_path / "fold_0"
     fold.mkdir()
     for phase in ("frozen", "finetune"):
@@ -205,6 +205,6 @@ def test_history_joins_the_phases_in_order_without_repeated_epochs(tiny_run, tmp
     log = pd.read_csv(fold / "history_finetune.csv")
     again = log.assign(val_auc=0.123)  # epoch 0 logged again after a resume
     pd.concat([log, again]).to_csv(fold / "history_finetune.csv", index=False)
-    history = read_history(fold, tiny_run)
+    history = read_history(fold)
     assert list(history["phase"]) == ["frozen", "finetune"]
     assert history["val_auc"].iloc[1] == 0.123
