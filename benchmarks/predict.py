@@ -102,7 +102,7 @@ from pcam.models import create_model
 from pcam.store import open_store
 store = open_store(sys.argv[1])
 size, tta = int(sys.argv[2]), int(sys.argv[3])
-model = create_model("simple-cnn", image_size=size, weights="none")
+model = create_model("simple-cnn", image_size=size, tile_size=96, weights="none")
 def status_kb(key):
     return int(dict(l.split(":", 1) for l in open("/proc/self/status"))[key].split()[0])
 now_kb = status_kb("VmRSS")

@@ -74,7 +74,7 @@ def main():
     for name, data in (("one constant batch in memory (baseline)", constant),
                        ("real pipeline: store in RAM, shuffle, dihedral", real)):
         keras.utils.set_random_seed(0)
-        model = create_model(args.backbone, image_size=args.image_size, weights="none")
+        model = create_model(args.backbone, image_size=args.image_size, tile_size=96, weights="none")
         model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc")])
         results[name] = steps_per_second(model, data, args.steps)

@@ -15,6 +15,8 @@ XLA. An op that XLA cannot compile says so with ``op.xla = False``
 """
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -201,3 +203,24 @@ class RandomColourStain(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), **self.params, "seed": self.seed}
+
+
+COLOUR_FIELDS = ("brightness", "contrast", "saturation", "hue", "stain")
+
+
+def on_model(settings: AugmentSettings, accelerator: bool) -> tuple[AugmentSettings, list]:
+    """Where colour and stain jitter run: ``(what the input pipeline does,
+    layers for the model)``.
+
+    On an accelerator they run inside the model (``RandomColourStain``): on a
+    CPU pipeline they cost ~225 us a tile (``benchmarks/pipeline.py``), which
+    would starve a GPU; inside the model they are a few elementwise ops on the
+    device. On a CPU-only machine the model and the pipeline share the same
+    cores, so they stay in the pipeline, where tf.data overlaps them with the
+    training step.
+    """
+    jitter = {name: getattr(settings, name) for name in COLOUR_FIELDS}
+    if not accelerator or not any(jitter.values()):
+        return settings, []
+    pipeline = dataclasses.replace(settings, **{name: 0.0 for name in COLOUR_FIELDS})
+    return pipeline, [RandomColourStain(**jitter, name="colour_stain")]

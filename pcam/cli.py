@@ -31,11 +31,17 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
             group.add_argument(flag, dest=f.name, default=f.default,
                                action=argparse.BooleanOptionalAction, help=help_text)
             continue
-        if f.default not in ("", 0, 0.0, -1):
+        if f.default not in ("", 0, 0.0, -1, ()):
             help_text += f" (default: {f.default})"
-        group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
+        kind = comma_list if isinstance(f.default, tuple) else type(f.default)
+        group.add_argument(flag, dest=f.name, type=kind, default=f.default,
                            choices=f.metadata.get("choices"), help=help_text,
                            metavar=None if "choices" in f.metadata else f.name.upper())
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``'benign, malignant'`` -> ``('benign', 'malignant')``: how a tuple setting is typed."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def settings_from_args(cls, args: argparse.Namespace, **overrides):

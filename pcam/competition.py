@@ -26,6 +26,8 @@ NAME = "histopathologic-cancer-detection"
 N_TRAIN = 220_025
 N_TEST = 57_458
 TILE_SHAPE = (96, 96, 3)
+CLASSES = ("normal", "tumour")  # label 0 and label 1
+LABEL_REGION = 32  # the centre square, in pixels, that decides a tile's label
 TRAIN_CSV = "train_labels.csv"
 TEST_CSV = "sample_submission.csv"
 SHOW = 5  # how many names an error message lists before "..."
@@ -33,15 +35,25 @@ SHOW = 5  # how many names an error message lists before "..."
 
 @dataclass(frozen=True)
 class Split:
-    """One split's tiles: ids in their canonical order, and labels (-1 for test)."""
+    """One split's images: ids in their canonical order, and label indices (-1: unlabelled).
+
+    An image's file is ``tile_dir / (id + suffix)``: Kaggle's ids name
+    ``<id>.tif`` files; a class folder's ids are paths relative to its root
+    (``malignant/img001.png``) with no suffix to add.
+    """
 
     name: str
     tile_dir: Path
     ids: tuple[str, ...]
     labels: tuple[int, ...]
+    suffix: str = ".tif"
 
     def path(self, tile_id: str) -> Path:
-        return self.tile_dir / f"{tile_id}.tif"
+        return self.tile_dir / f"{tile_id}{self.suffix}"
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels) and min(self.labels) >= 0
 
 
 def _names(items, show=SHOW) -> str:

@@ -116,6 +116,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return worker(strategy)[0] == 0
 
 
+def has_accelerator(strategy: tf.distribute.Strategy) -> bool:
+    """Whether the strategy's replicas run on GPUs or TPUs (not the CPU)."""
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy (no scope): whatever TensorFlow places on
+        devices = [d.name for d in tf.config.list_logical_devices()
+                   if d.device_type in ("GPU", "TPU")]
+    return any(tf.DeviceSpec.from_string(d).device_type in ("GPU", "TPU") for d in devices)
+
+
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return worker(strategy)[1] > 1
 

@@ -23,7 +23,6 @@ from pcam.io import atomic_write_text
 from pcam.settings import DataSettings, ExplainSettings, RunSettings
 
 SHOW = 5  # names an error message lists before "..."
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclass
@@ -50,6 +49,7 @@ class Chosen:
     config: RunSettings | None
     out: Path
     description: str
+    info: object = None  # the model's pcam.runs.ModelInfo, once loaded
 
 
 def explain(settings: ExplainSettings) -> pd.DataFrame:
@@ -58,36 +58,40 @@ def explain(settings: ExplainSettings) -> pd.DataFrame:
     Returns:
         The table written as ``explanations.csv``.
     """
+    from dataclasses import replace
+
     from pcam.gradcam import explainer, gradcam
-    from pcam.inference import load_fold_model
+    from pcam.runs import load_model_with_info, resolve_target
 
     chosen = choose_model(settings)
     if not settings.ids and not settings.images:
         raise PcamError("nothing to explain: give --ids ID ... (tiles of the stores) or "
-                        "--images FILE ... (tile images)")
-    model = load_fold_model(chosen.path, remedy="is it a .keras file that Keras saved?"
-                            if chosen.config is None else None)
+                        "--images FILE ... (images of any size)")
+    model, info = load_model_with_info(chosen.path, remedy="is it a .keras file that Keras "
+                                       "saved?" if chosen.config is None else None)
+    chosen = replace(chosen, info=info)
+    target = resolve_target(settings.target, info)
     side = model.input_shape[1]
-    crop = chosen.config.augment.centre_crop if chosen.config else 0
+    crop = info.centre_crop
     tiles = Tiles()
     if settings.ids:
         read_ids(settings, chosen.config, crop, tiles)
     if settings.images:
-        read_images([Path(p) for p in settings.images], side, crop, tiles)
+        read_images([Path(p) for p in settings.images], info.tile_size, crop, tiles)
     wrong = [n for n, im in zip(tiles.names, tiles.images) if im.shape[:2] != (side, side)]
     if wrong:  # a store's tiles for a model of another size
         raise PcamError(f"the model takes {side}x{side} tiles; {_first(wrong)} are "
                         f"{'x'.join(map(str, tiles.images[0].shape[:2]))}: is this model "
                         "from a run on these tiles?")
     explain_with = explainer(model)
-    heat, probs = gradcam(explain_with, np.stack(tiles.images), settings.target)
-    return write(tiles, heat, probs, chosen, settings.target, explain_with.layer,
+    heat, probs = gradcam(explain_with, np.stack(tiles.images), target)
+    return write(tiles, heat, probs, chosen, target, explain_with.layer,
                  explain_with.map_shape)
 
 
 def choose_model(settings: ExplainSettings) -> Chosen:
     """The run's fold model (``--run``, ``--fold``) or a bare file (``--model``)."""
-    from pcam.inference import finished_folds, load_run
+    from pcam.runs import finished_folds, load_run
 
     if bool(settings.run) == bool(settings.model):
         raise PcamError("give --run runs/NAME (a run's fold model) or --model FILE.keras, "
@@ -155,21 +159,20 @@ def read_ids(settings: ExplainSettings, config: RunSettings | None, crop: int,
         tiles.add(tile_id, source, label, image)
 
 
-def read_images(paths: list[Path], side: int, crop: int, tiles: Tiles) -> None:
+def read_images(paths: list[Path], tile_size: int, crop: int, tiles: Tiles) -> None:
     """Decode image files into RGB uint8 tiles; report every unusable file at once.
 
-    A tile the size the model takes is used as it is; with a run that trained
-    on centre crops, a whole tile is cropped the same way first.
+    An image is made a tile the way the run's store made them (centre-cropped
+    to a square, resized to ``tile_size``), then fed as validation fed
+    tiles (a centre crop when the run trained on them).
     """
+    from pcam.images import decode_image, to_tile
+
     problems = []
     for path in paths:
         image, problem = decode_image(path)
-        if not problem and image.shape[:2] != (side, side):
-            if crop and image.shape[0] == image.shape[1] > crop:
-                image = _centre(image, crop)
-            else:
-                problem = (f"is {image.shape[0]}x{image.shape[1]}; the model takes {side}x{side} "
-                           "tiles")
+        if not problem:
+            image = _centre(to_tile(image, tile_size), crop)
         if problem:
             problems.append(f"{path} {problem}")
         else:
@@ -179,65 +182,60 @@ def read_images(paths: list[Path], side: int, crop: int, tiles: Tiles) -> None:
                         + "; ".join(problems[:SHOW]) + (" ..." if len(problems) > SHOW else ""))
 
 
-def decode_image(path: Path) -> tuple[np.ndarray | None, str]:
-    """An image file as RGB uint8 (H, W, 3), or (None, what is wrong). An alpha
-    channel (RGBA PNG) is dropped."""
-    import tensorflow as tf
-    import tifffile
+def write(tiles: Tiles, heat: np.ndarray, probs: np.ndarray, chosen: Chosen,
+          target: int | None, layer: str, map_shape: tuple[int, int]) -> pd.DataFrame:
+    """The pictures, ``explanations.csv`` and ``index.html`` into ``chosen.out``.
 
-    if not path.is_file():
-        return None, "does not exist"
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return None, f"is not a TIFF, PNG or JPEG file ({', '.join(IMAGE_SUFFIXES)})"
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            with open(path, "rb") as fh, tifffile.TiffFile(fh) as tif:
-                image = tif.pages.first.asarray()
-        else:
-            image = tf.io.decode_image(path.read_bytes(), expand_animations=False).numpy()
-    except Exception as err:  # decoders raise many types for broken files
-        return None, f"cannot be decoded ({type(err).__name__}: {' '.join(str(err).split())[:80]})"
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-        channels = 1 if image.ndim == 2 else image.shape[-1]
-        return None, f"has {channels} channel(s) of {image.dtype}; expected RGB, 8 bits"
-    return image[..., :3], ""
-
-
-def write(tiles: Tiles, heat: np.ndarray, probs: np.ndarray, chosen: Chosen, target: str,
-          layer: str, map_shape: tuple[int, int]) -> pd.DataFrame:
-    """The pictures, ``explanations.csv`` and ``index.html`` into ``chosen.out``."""
+    Args:
+        target: the class index whose evidence is shown, or None (each
+            tile's predicted class).
+    """
     from tqdm.auto import tqdm
 
+    info = chosen.info
+    classes = info.classes
     out = chosen.out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PcamError(f"cannot write to {out}: {err.strerror}; choose another --out") from None
     how = f"Grad-CAM on {layer} ({map_shape[0]}x{map_shape[1]} feature map)"
+    full = np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
     rows, shown = [], []
     files = _file_names(tiles.names)
     for i in tqdm(range(len(tiles.names)), unit="tile", desc="explain",
                   disable=len(tiles.names) < 10):
-        name, label, prob = tiles.names[i], tiles.labels[i], float(probs[i])
-        evidence_for = target if target != "predicted" else ("tumour" if prob >= 0.5 else "normal")
+        name, label = tiles.names[i], tiles.labels[i]
+        if info.binary:
+            predicted = int(full[i, 1] >= info.threshold)
+            said = f"p({classes[1]}) = {full[i, 1]:.3f}"
+        else:
+            predicted = int(full[i].argmax())
+            said = f"{classes[predicted]} (p = {full[i, predicted]:.3f})"
+        evidence_for = classes[predicted if target is None else target]
         found = heat[i].max() > 0
         peak = np.unravel_index(int(np.argmax(heat[i])), heat[i].shape) if found else (None, None)
-        title = (f"{name}: p(tumour) = {prob:.3f}" + ("" if label is None else f", label {label}")
+        title = (f"{name}: {said}" + ("" if label is None else f", label {classes[label]}")
                  + f"; heat map: evidence for {evidence_for}" + ("" if found else " (none found)"))
-        path = figures.explanation(tiles.images[i], heat[i], title,
-                                   f"{chosen.description}; {how}", out / files[i])
-        rows.append({"name": name, "source": tiles.sources[i], "label": label, "prob": prob,
+        fig = figures.explanation(tiles.images[i], heat[i], title,
+                                  f"{chosen.description}; {how}", label_region=info.label_region)
+        path = figures.save(fig, out / files[i])
+        rows.append({"name": name, "source": tiles.sources[i],
+                     "label": None if label is None else classes[label],
+                     "predicted": classes[predicted],
+                     **{f"prob_{c}": float(full[i, k]) for k, c in enumerate(classes)},
                      "evidence_for": evidence_for, "peak_row": peak[0], "peak_col": peak[1],
                      "png": files[i]})
         shown.append(report.Figure(path, name, f"source: {tiles.sources[i]}"))
-    table = pd.DataFrame(rows, columns=["name", "source", "label", "prob", "evidence_for",
-                                        "peak_row", "peak_col", "png"])
-    table = table.astype({"label": "Int64", "peak_row": "Int64", "peak_col": "Int64"})
+    columns = (["name", "source", "label", "predicted"] + [f"prob_{c}" for c in classes]
+               + ["evidence_for", "peak_row", "peak_col", "png"])
+    table = pd.DataFrame(rows, columns=columns).astype({"peak_row": "Int64", "peak_col": "Int64"})
     atomic_write_text(out / "explanations.csv", table.to_csv(index=False))
-    intro = (f"{len(rows)} tile(s) explained by {chosen.description}; {how}, {target} "
-             "evidence. Each heat map is "
-             "scaled to its own strongest evidence (1); the outlined square is the centre 32x32 "
-             "region that decides a PCam label.")
+    region = (f" The outlined square is the centre {info.label_region}x{info.label_region} "
+              "region that decides a label." if info.label_region else "")
+    whose = "each tile's predicted class" if target is None else f"{classes[target]}"
+    intro = (f"{len(rows)} tile(s) explained by {chosen.description}; {how}, evidence for "
+             f"{whose}. Each heat map is scaled to its own strongest evidence (1).{region}")
     atomic_write_text(out / "index.html", report.gallery_page(
         f"Grad-CAM: {chosen.description}", intro, shown))
     print(f"explained {len(rows)} tile(s) with {chosen.description} ({how}): "

@@ -44,21 +44,37 @@ def read_groups(path: Path, ids) -> np.ndarray:
     return groups.to_numpy()
 
 
-def assign_folds(index: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
+def assign_folds(index: pd.DataFrame, settings: FoldSettings, classes=()) -> pd.DataFrame:
     """``index`` (id, label) with a ``fold`` column: seeded StratifiedKFold, or
-    StratifiedGroupKFold when ``settings.groups`` names a slide map (tiles of one
-    slide are correlated; splitting them across folds inflates validation AUC)."""
+    StratifiedGroupKFold when ``settings.groups`` names a slide map or
+    ``settings.group_pattern`` finds the patient or slide in each file name
+    (tiles of one slide are correlated; splitting them across folds inflates
+    validation AUC). ``classes`` names the labels in messages."""
     k = settings.folds
     if k < 2:
         raise PcamError(f"--folds {k}: need at least 2 folds (one to train on, one to validate)")
-    smallest = index["label"].value_counts().min() if len(index) else 0
-    if smallest < k:
-        raise PcamError(f"--folds {k}: the smallest class has only {smallest} tile(s); "
-                        f"use fewer folds or more tiles")
+    counts = index["label"].value_counts()
+    name = (lambda label: classes[label] if label < len(classes) else f"label {label}")
+    if len(index) and counts.min() < k:
+        raise PcamError(f"--folds {k}: class {name(counts.idxmin())} has only {counts.min()} "
+                        f"image(s), fewer than the folds; use fewer folds or more images")
     folds = np.zeros(len(index), np.int64)
     labels = index["label"].to_numpy()
+    groups = None
+    if settings.groups and settings.group_pattern:
+        raise PcamError("give --groups CSV or --group-pattern REGEX, not both")
     if settings.groups:
         groups = read_groups(settings.groups, index["id"])
+    elif settings.group_pattern:
+        from pcam.sources import groups_from_pattern
+
+        groups = np.asarray(groups_from_pattern(index["id"], settings.group_pattern))
+    if groups is not None:
+        per_class = pd.Series(groups).groupby(labels).nunique()
+        if per_class.min() < k:
+            raise PcamError(f"--folds {k}: class {name(per_class.idxmin())} has images from only "
+                            f"{per_class.min()} group(s) (patients or slides), fewer than the "
+                            "folds; use fewer folds")
         splitter = StratifiedGroupKFold(k, shuffle=True, random_state=settings.seed)
         splits = splitter.split(index, labels, groups)
     else:
@@ -68,7 +84,8 @@ def assign_folds(index: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
     return index.assign(fold=folds)
 
 
-def load_or_assign(path: Path, index: pd.DataFrame, settings: FoldSettings) -> pd.DataFrame:
+def load_or_assign(path: Path, index: pd.DataFrame, settings: FoldSettings,
+                   classes=()) -> pd.DataFrame:
     """Folds saved at ``path`` if there (a resumed run), else new ones saved there."""
     path = Path(path)
     if path.is_file():
@@ -81,7 +98,7 @@ def load_or_assign(path: Path, index: pd.DataFrame, settings: FoldSettings) -> p
             raise PcamError(f"{path} names {len(unknown)} tile(s) not in the store "
                             f"(e.g. {sorted(unknown)[0]}); the data changed: start a new --run")
         return saved
-    folds = assign_folds(subset(index, settings.max_tiles, settings.seed), settings)
+    folds = assign_folds(subset(index, settings.max_tiles, settings.seed), settings, classes)
     atomic_write_text(path, folds.to_csv(index=False))
     return folds
 

@@ -6,10 +6,11 @@ respect to the last convolution's feature map A (the registry's
 map's positions to weigh each channel; the heat map is ReLU(sum_k w_k A_k),
 the places whose features raise the score.
 
-The score is the output unit's logit, before its sigmoid: the probability's
-gradient is the logit's times p(1 - p), which at p = 0.999 is a thousand
-times smaller and turns the maps of the most confident tiles into float
-noise. "normal" evidence is the negated logit.
+The score is the target class's logit, before the sigmoid or softmax: the
+probability's gradient is the logit's times p(1 - p), which at p = 0.999 is
+a thousand times smaller and turns the maps of the most confident tiles into
+float noise. A two-class model has one unit: evidence for class 1 is its
+logit, for class 0 the negated logit.
 
 A map has the feature map's resolution (simple-cnn on 96 px tiles: 12x12,
 a cell per 8 px; ResNet50: 3x3 at 96 px, 7x7 at 224 px). It is resized to
@@ -27,9 +28,6 @@ import tensorflow as tf
 
 from pcam.errors import PcamError
 
-TARGETS = ("tumour", "normal", "predicted")
-
-
 @dataclass(frozen=True)
 class Explainer:
     """A model split where Grad-CAM needs it.
@@ -37,7 +35,8 @@ class Explainer:
     Attributes:
         features: same weights as the model; tile -> (feature map, input of
             the output unit).
-        output: the output unit, a one-unit sigmoid ``Dense`` layer.
+        output: the output layer: one sigmoid unit (two classes) or a softmax
+            ``Dense`` over K units.
         layer: name of the layer whose feature map is weighed.
     """
 
@@ -51,7 +50,7 @@ class Explainer:
 
 
 def explainer(model: keras.Model) -> Explainer:
-    """Split a binary tile classifier into feature map and head.
+    """Split a tile classifier into feature map and head.
 
     A pcam model (``pcam.models.create_model``) is a chain of layers around a
     nested ``backbone``, whose own ``output`` belongs to its inner graph: the
@@ -61,16 +60,17 @@ def explainer(model: keras.Model) -> Explainer:
     Grad-CAM paper's choice.
 
     Raises:
-        PcamError: the model does not end in one sigmoid unit, or has no
-            layer with a feature map.
+        PcamError: the model does not end in one sigmoid unit or a softmax
+            ``Dense`` layer, or has no layer with a feature map.
     """
     output = model.layers[-1]
     activation = getattr(getattr(output, "activation", None), "__name__", "")
-    if not (isinstance(output, keras.layers.Dense) and output.units == 1
-            and activation == "sigmoid"):
-        raise PcamError(f"model {model.name!r} does not end in one sigmoid unit (its last "
-                        f"layer is a {type(output).__name__}): Grad-CAM here explains binary "
-                        "tile classifiers such as pcam's")
+    units = getattr(output, "units", 0)
+    if not (isinstance(output, keras.layers.Dense)
+            and ((units == 1 and activation == "sigmoid") or (units > 1 and activation == "softmax"))):
+        raise PcamError(f"model {model.name!r} does not end in one sigmoid unit or a softmax "
+                        f"layer (its last layer is a {type(output).__name__}): Grad-CAM here "
+                        "explains tile classifiers such as pcam's")
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if any(layer.name == "backbone" for layer in layers):
         inputs = keras.Input(model.input_shape[1:], dtype=model.inputs[0].dtype, name="tile")
@@ -88,51 +88,63 @@ def explainer(model: keras.Model) -> Explainer:
                      maps[-1].name)
 
 
-def gradcam(explain: Explainer, tiles, target: str = "tumour",
+def gradcam(explain: Explainer, tiles, target=None,
             batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM heat maps and probabilities of tumour for a stack of tiles.
+    """Grad-CAM heat maps and class probabilities for a stack of tiles.
 
     Args:
         explain: from ``explainer(model)``.
         tiles: (N, H, W, 3) RGB 0..255, the model's input size.
-        target: whose evidence to show: "tumour", "normal", or "predicted"
-            (each tile's own answer at probability 0.5).
+        target: whose evidence to show: a class index for every tile, an
+            array of one index per tile, or None for each tile's predicted
+            class (two classes: at probability 0.5).
 
     Returns:
-        ``(heat, probs)``: (N, H, W) float32 maps in 0..1 and (N,) float32
-        probabilities of tumour.
+        ``(heat, probs)``: (N, H, W) float32 maps in 0..1, and the
+        probabilities: (N,) of class 1 for a one-unit model, else (N, K).
     """
-    if target not in TARGETS:
-        raise PcamError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
     tiles = np.asarray(tiles)
+    units = explain.output.units
+    n_classes = 2 if units == 1 else units
+    targets = None if target is None else np.broadcast_to(np.asarray(target, np.int64),
+                                                          (len(tiles),))
+    if targets is not None and len(targets) and not (0 <= targets.min() and
+                                                     targets.max() < n_classes):
+        raise PcamError(f"Grad-CAM target {target}: the model has classes 0 to {n_classes - 1}")
     heat, probs = [], []
     for start in range(0, len(tiles), batch_size):
-        h, p = _batch(explain, tf.convert_to_tensor(tiles[start:start + batch_size]), target)
+        chunk = None if targets is None else tf.constant(targets[start:start + batch_size])
+        h, p = _batch(explain, tf.convert_to_tensor(tiles[start:start + batch_size]), chunk)
         heat.append(h.numpy())
         probs.append(p.numpy())
     if not heat:
-        return np.zeros((0, *tiles.shape[1:3]), np.float32), np.zeros(0, np.float32)
+        shape = (0,) if units == 1 else (0, units)
+        return np.zeros((0, *tiles.shape[1:3]), np.float32), np.zeros(shape, np.float32)
     return np.concatenate(heat), np.concatenate(probs)
 
 
-def _batch(explain: Explainer, images, target: str):
+def _batch(explain: Explainer, images, targets):
     kernel = tf.cast(explain.output.kernel, tf.float32)
     bias = tf.cast(explain.output.bias, tf.float32)
     with tf.GradientTape() as tape:
         features, head = explain.features(images, training=False)
-        logit = tf.squeeze(tf.matmul(tf.cast(head, tf.float32), kernel) + bias, axis=-1)
-        if target == "tumour":
-            sign = tf.ones_like(logit)
-        elif target == "normal":
-            sign = -tf.ones_like(logit)
+        logits = tf.matmul(tf.cast(head, tf.float32), kernel) + bias           # (N, units)
+        if logits.shape[-1] == 1:
+            logit = logits[:, 0]
+            wanted = (tf.cast(logit >= 0, tf.int64) if targets is None else targets)
+            # Class 1's evidence is the logit; class 0's is its negation.
+            score_per_tile = tf.where(tf.equal(wanted, 1), logit, -logit)
+            probs = tf.sigmoid(logit)
         else:
-            sign = tf.stop_gradient(tf.where(logit >= 0, 1.0, -1.0))
+            wanted = tf.argmax(logits, axis=-1) if targets is None else targets
+            score_per_tile = tf.gather(logits, wanted, batch_dims=1)
+            probs = tf.nn.softmax(logits)
         # Tiles do not interact at inference (BatchNorm uses its moving
         # statistics), so one gradient of the sum gives each tile its own.
-        score = tf.reduce_sum(sign * logit)
+        score = tf.reduce_sum(score_per_tile)
     grads = tf.cast(tape.gradient(score, features), tf.float32)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)          # (N, 1, 1, C)
     cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), axis=-1))
     cam = tf.image.resize(cam[..., None], tf.shape(images)[1:3], method="bilinear")[..., 0]
     cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True))
-    return cam, tf.sigmoid(logit)
+    return cam, probs

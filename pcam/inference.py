@@ -42,6 +42,9 @@ from pcam import competition as comp
 from pcam import metrics
 from pcam.errors import PcamError
 from pcam.io import atomic_path, atomic_write_text
+from pcam.runs import (finished_folds, load_fold_model, load_model_with_info,  # noqa: F401
+                       load_run, resolve_folds, run_classes)
+from pcam.runs import prob_columns as runs_prob_columns
 from pcam.settings import (AugmentSettings, DataSettings, PredictSettings, RunSettings,
                            from_json, to_dict)
 
@@ -55,93 +58,12 @@ VIEW_NAMES = ("identity", "flip left-right", "flip up-down", "rotate 180",
 SHOW = comp.SHOW  # names an error message lists before "..."
 
 
-# --- the run and its folds ---------------------------------------------------
-
-def load_run(run: str | Path) -> tuple[Path, RunSettings]:
-    """The run folder and the settings it was trained with (its config.json)."""
-    run_dir = Path(run)
-    config = run_dir / "config.json"
-    if not config.is_file():
-        hint = ""
-        if not run_dir.is_absolute() and (Path("runs") / run_dir / "config.json").is_file():
-            hint = f" (did you mean --run {Path('runs') / run_dir}?)"
-        raise PcamError(f"{run_dir}: no run here (no config.json){hint}; pass --run with a "
-                        f"folder that scripts/train.py wrote, such as runs/NAME")
-    try:
-        return run_dir, from_json(RunSettings, config)
-    except (PcamError, TypeError, ValueError) as err:
-        raise PcamError(f"{config} is not a pcam run config ({err})") from None
-
-
-def finished_folds(run_dir: Path, n_folds: int) -> list[int]:
-    """Folds of the run whose training finished (``fold_<k>/metrics.json`` is written last)."""
-    return [k for k in range(n_folds) if (run_dir / f"fold_{k}" / "metrics.json").is_file()]
-
-
-def resolve_folds(run_dir: Path, config: RunSettings, folds: Sequence[int] = ()) -> list[int]:
-    """The folds to ensemble: ``folds``, or every finished fold when empty.
-
-    Raises:
-        PcamError: the run has no finished fold, or a requested fold does not
-            exist or is not finished (the message says how to train it).
-    """
-    n_folds = config.folds.folds
-    done = finished_folds(run_dir, n_folds)
-    train = f"python scripts/train.py --run {config.run} --runs-dir {config.runs_dir}"
-    if not done:
-        raise PcamError(f"run {run_dir} has no finished fold (none of its {n_folds} "
-                        f"fold_<k>/ folders has metrics.json): finish training first with "
-                        f"the command that started it ({train} ...); it resumes where it stopped")
-    if not folds:
-        return done
-    wrong = sorted({k for k in folds if not 0 <= k < n_folds})
-    if wrong:
-        raise PcamError(f"--folds {','.join(map(str, wrong))}: run {run_dir} has folds "
-                        f"0 to {n_folds - 1}")
-    missing = sorted({k for k in folds if k not in done})
-    if missing:
-        raise PcamError(f"fold(s) {', '.join(map(str, missing))} of run {run_dir} are not finished "
-                        f"(finished: {', '.join(map(str, done))}): train them with "
-                        f"{train} --fold K ..., or pass --folds {','.join(map(str, done))}")
-    return sorted(set(folds))
-
-
-def load_fold_model(path: Path, remedy: str | None = None):
-    """A fold's saved model, ready to predict (no optimizer state is loaded).
-
-    The model carries its preprocessing, resizing and precision policy, so
-    any backbone, image size or precision loads the same way; its output
-    layer is float32 even under mixed precision.
-
-    Args:
-        remedy: what the error message tells the user to do when the file is
-            missing or unreadable (default: train that fold again).
-    """
-    import keras
-
-    import pcam.augment  # noqa: F401 -- registers the custom layers the file may hold
-    import pcam.models  # noqa: F401
-
-    remedy = remedy or (f"train that fold again (delete {path.parent} and run the training "
-                        "command)")
-    if not path.is_file():
-        raise PcamError(f"{path}: missing, though its fold finished; {remedy}")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise PcamError(f"cannot load {path} ({reason}); {remedy}") from None
-    if model.output_shape[-1] != 1:
-        raise PcamError(f"{path} gives {model.output_shape[-1]} outputs per tile; a pcam "
-                        f"model gives one probability")
-    return model
-
-
 # --- TTA -------------------------------------------------------------------------
 
 def tta_predictor(model, views: Sequence[int], batch_spec=None):
-    """A graph function: uint8 tiles (N, H, W, 3) -> (N,) float32 probabilities,
-    each the mean over the dihedral ``views`` (``pcam.augment.dihedral_view``).
+    """A graph function: uint8 tiles (N, H, W, 3) -> float32 probabilities,
+    each the mean over the dihedral ``views`` (``pcam.augment.dihedral_view``):
+    (N,) of class 1 for a one-unit (two-class) model, (N, K) for a K-class one.
 
     The batch's views go through the model in one call of V*N images, so
     TTA x8 costs the model's compute for 8x the images and nothing more
@@ -159,12 +81,18 @@ def tta_predictor(model, views: Sequence[int], batch_spec=None):
     views = tuple(views)
     if not views or any(not 0 <= k < 8 for k in views):
         raise ValueError(f"views must be dihedral view numbers 0..7, got {views}")
+    units = model.output_shape[-1]
 
+    # Plain TensorFlow ops over a Python list of views: nothing for AutoGraph
+    # to convert, and converting resolved dihedral_view to another function
+    # once a training run had compiled the dihedral op in the same process.
+    @tf.autograph.experimental.do_not_convert
     def predict(images):
         n = tf.shape(images)[0]
         stacked = tf.concat([dihedral_view(images, k) for k in views], axis=0)  # view-major
         probs = tf.cast(model(stacked, training=False), tf.float32)
-        return tf.reduce_mean(tf.reshape(probs, [len(views), n]), axis=0)
+        mean = tf.reduce_mean(tf.reshape(probs, [len(views), n, units]), axis=0)
+        return mean[:, 0] if units == 1 else mean
 
     if batch_spec is not None:
         return tf.function(predict, input_signature=[batch_spec])
@@ -216,13 +144,14 @@ def predict_store(model, store, views: Sequence[int], batch_images: int = 256,
 
 
 def rank_normalise(probs) -> np.ndarray:
-    """Ranks scaled to 0..1 (ties share their mean rank); AUC is unchanged."""
+    """Ranks scaled to 0..1 (ties share their mean rank), per column of a
+    (N, K) array; AUC is unchanged."""
     from scipy.stats import rankdata
 
     probs = np.asarray(probs, np.float64)
     if len(probs) < 2:
-        return np.full(len(probs), 0.5)
-    return (rankdata(probs) - 1) / (len(probs) - 1)
+        return np.full(probs.shape, 0.5)
+    return (rankdata(probs, axis=0) - 1) / (len(probs) - 1)
 
 
 def combine(per_fold: Sequence[np.ndarray], average: str = "mean") -> np.ndarray:
@@ -394,6 +323,24 @@ def data_settings(config: RunSettings, settings) -> DataSettings:
 
 
 def predict(settings: PredictSettings) -> dict:
+    """Predict with a run's folds x TTA views: loose images (``settings.images``,
+    or a labelled class-folder ``answers`` folder) into a CSV of class
+    probabilities; a class-folder run's test/ folder likewise; a Kaggle run's
+    test set into a checked submission (``predict_submission``).
+
+    Returns:
+        The record written beside the output CSV.
+    """
+    run_dir, config = load_run(settings.run)
+    answers_dir = bool(settings.answers) and Path(settings.answers).is_dir()
+    if settings.images or answers_dir:
+        return predict_images(settings)
+    if config.data.source == "folders":
+        return predict_folder_test(settings)
+    return predict_submission(settings)
+
+
+def predict_submission(settings: PredictSettings) -> dict:
     """Predict the test set with a run's folds x TTA views and write the submission.
 
     Steps: the run and its finished folds; the test tile store (built or
@@ -422,7 +369,10 @@ def predict(settings: PredictSettings) -> dict:
 
     from pcam.store import prepare
 
-    store = prepare(data, splits=("test",))["test"]
+    stores = prepare(data, splits=("test",))
+    if "test" not in stores:
+        raise PcamError(f"{data.data_dir} has no test images to predict; pass --images")
+    store = stores["test"]
     sample = Path(data.data_dir) / comp.TEST_CSV
     print(f"run {run_dir}: fold(s) {', '.join(map(str, folds))} x {len(views)} TTA view(s) "
           f"({', '.join(VIEW_NAMES[k] for k in views)}), {settings.average} over folds; "
@@ -500,3 +450,211 @@ def submit_file(csv_path: str | Path, message: str, competition: str = comp.NAME
     answer = submit(csv_path, message, competition)
     print(answer, flush=True)
     return answer
+
+
+# --- class probabilities of any images -------------------------------------------------
+
+def load_ensemble(run_dir: Path, folds: Sequence[int]) -> list:
+    """``(model, ModelInfo)`` of each fold, loaded once (the app keeps them)."""
+    return [load_model_with_info(Path(run_dir) / f"fold_{k}" / "best.keras") for k in folds]
+
+
+def as_tiles(arrays: Sequence[np.ndarray], tile_size: int) -> np.ndarray:
+    """Decoded RGB images made into tiles the way a class-folder store makes
+    them (centre-cropped to a square, resized), stacked as uint8 (N, S, S, 3)."""
+    from pcam.images import to_tile
+
+    if not len(arrays):
+        return np.zeros((0, tile_size, tile_size, 3), np.uint8)
+    return np.stack([to_tile(np.asarray(a), tile_size) for a in arrays])
+
+
+def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = TTA_VIEWS[8],
+                  augment: AugmentSettings = AugmentSettings(), batch_images: int = 256,
+                  average: str = "mean") -> np.ndarray:
+    """Class probabilities of uint8 tiles (N, S, S, 3) by an ensemble x TTA views.
+
+    Returns:
+        (N,) probabilities of class 1 for a two-class run, (N, K) otherwise.
+    """
+    from pcam.augment import compose, eval_ops
+
+    fed = np.asarray(compose(eval_ops(augment))(tiles, None)) if len(tiles) else tiles
+    per_model = []
+    for model, _ in ensemble:
+        predictor = tta_predictor(model, views)
+        step = max(1, batch_images // len(views))
+        per_model.append(predict_batches(
+            predictor, (fed[i:i + step] for i in range(0, len(fed), step))))
+    if not len(tiles):
+        units = ensemble[0][0].output_shape[-1]
+        return np.zeros((0,) if units == 1 else (0, units), np.float32)
+    return combine(per_model, average)
+
+
+def predicted_classes(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[str]:
+    """Each image's class: ``classes[1]`` when p >= threshold (two classes), else the argmax."""
+    probs = np.asarray(probs)
+    if probs.ndim == 1:
+        return [classes[int(p >= threshold)] for p in probs]
+    return [classes[i] for i in probs.argmax(axis=1)]
+
+
+def probability_table(names, probs: np.ndarray, classes: Sequence[str],
+                      threshold: float) -> pd.DataFrame:
+    """``path``, ``predicted``, then one probability column per class (named by it)."""
+    probs = np.asarray(probs, np.float64)
+    full = np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
+    table = pd.DataFrame({"path": [str(n) for n in names],
+                          "predicted": predicted_classes(probs, classes, threshold)})
+    for k, c in enumerate(classes):
+        table[c] = full[:, k]
+    return table
+
+
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named, or found under folders named (recursively, sorted;
+    hidden files and non-images skipped)."""
+    from pcam.images import is_hidden, is_image_name
+
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
+                            and not any(is_hidden(part) for part in p.relative_to(path).parts))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PcamError(f"--images {path}: no such file or folder")
+    if not found:
+        raise PcamError(f"--images {' '.join(map(str, paths))}: no image files there "
+                        "(TIFF, PNG, JPEG or BMP)")
+    return found
+
+
+def labelled_images(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """Images of a labelled class-folder set (``DIR/<class>/<image>``) and
+    their label indices in the run's ``classes``."""
+    from pcam.sources import _images_under, _subfolders
+
+    present = _subfolders(folder)
+    unknown = [c for c in present if c not in classes]
+    if not present or unknown:
+        raise PcamError(f"--answers {folder}: its class folders ({', '.join(present) or 'none'}) "
+                        f"must be classes of the run ({', '.join(classes)})"
+                        + (f"; {', '.join(unknown)} is not" if unknown else ""))
+    paths, labels = [], []
+    for c in present:
+        for rel in _images_under(folder / c)[0]:
+            paths.append(folder / c / rel)
+            labels.append(list(classes).index(c))
+    return paths, labels
+
+
+def predict_images(settings: PredictSettings) -> dict:
+    """Class probabilities of loose images (files or folders, any size) by a
+    run's folds x TTA; a CSV (``path``, ``predicted``, one column per class)
+    and its record beside it; with a labelled ``answers`` folder, the report."""
+    from pcam.images import decode_image
+
+    start = time.perf_counter()
+    run_dir, config = load_run(settings.run)
+    folds = resolve_folds(run_dir, config, settings.folds)
+    classes = run_classes(config)
+    labels = None
+    if settings.answers:
+        if settings.images:
+            raise PcamError("give --images PATH... or --answers DIR (a labelled class-folder "
+                            "set, predicted and scored), not both")
+        paths, labels = labelled_images(Path(settings.answers), classes)
+    else:
+        paths = list_images(settings.images)
+    out = Path(settings.out or Path("predictions") / f"{run_dir.resolve().name}.csv")
+    _writable(out)
+    decoded, bad = [], []
+    for path in paths:
+        image, problem = decode_image(path)
+        (bad.append(f"{path} {problem}") if problem else decoded.append(image))
+    if bad:
+        raise PcamError(f"{len(bad)} image(s) cannot be used: {'; '.join(bad[:SHOW])}"
+                        f"{' ...' if len(bad) > SHOW else ''}; remove them or leave them out")
+    ensemble = load_ensemble(run_dir, folds)
+    info = ensemble[0][1]
+    views = TTA_VIEWS[settings.tta]
+    batch_images = settings.batch_size or 2 * config.inputs.batch_size
+    print(f"run {run_dir}: fold(s) {', '.join(map(str, folds))} x {len(views)} TTA view(s); "
+          f"{len(paths):,} image(s) as {info.tile_size}x{info.tile_size} tiles", flush=True)
+    probs = predict_tiles(ensemble, as_tiles(decoded, info.tile_size), views, config.augment,
+                          batch_images, settings.average)
+    table = probability_table(paths, probs, classes, info.threshold)
+    return _write_probabilities(table, probs, labels, out, settings, run_dir, config, folds,
+                                info.threshold, start)
+
+
+def predict_folder_test(settings: PredictSettings) -> dict:
+    """A class-folder run's test/ images (its test store) -> CSV of class probabilities."""
+    from pcam.store import prepare
+
+    start = time.perf_counter()
+    run_dir, config = load_run(settings.run)
+    folds = resolve_folds(run_dir, config, settings.folds)
+    data = data_settings(config, settings)
+    stores = prepare(data, splits=("test",))
+    if "test" not in stores:
+        raise PcamError(f"{data.data_dir} has no test/ folder beside train/; pass --images "
+                        "PATH... (files or folders) or --answers DIR (labelled class folders)")
+    store = stores["test"]
+    out = Path(settings.out or Path("predictions") / f"{run_dir.resolve().name}.csv")
+    _writable(out)
+    views = TTA_VIEWS[settings.tta]
+    batch_images = settings.batch_size or 2 * config.inputs.batch_size
+    per_fold, threshold = [], 0.5
+    for model, info in load_ensemble(run_dir, folds):
+        per_fold.append(predict_store(model, store, views, batch_images, config.augment,
+                                      desc=f"x{len(views)}"))
+        threshold = info.threshold
+    probs = combine(per_fold, settings.average)
+    index = store.index()
+    classes = run_classes(config)
+    table = probability_table(index["id"], probs, classes, threshold)
+    labelled = (index["label"] >= 0).all()
+    return _write_probabilities(table, probs, index["label"].to_numpy() if labelled else None,
+                                out, settings, run_dir, config, folds, threshold, start)
+
+
+def _writable(out: Path) -> None:
+    try:  # fail fast: before minutes of prediction, not after
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PcamError(f"cannot write {out}: {err.strerror}; choose another --out") from None
+
+
+def _write_probabilities(table, probs, labels, out, settings, run_dir, config, folds,
+                         threshold, start) -> dict:
+    classes = run_classes(config)
+    record = {"run": str(run_dir), "folds": list(folds), "tta": settings.tta,
+              "average": settings.average, "images": len(table), "classes": list(classes),
+              "threshold": threshold if len(classes) == 2 else None,
+              "written": _iso(time.time()), "seconds": round(time.perf_counter() - start, 1),
+              "settings": to_dict(settings), "run_config": to_dict(config)}
+    if labels is not None:
+        table.insert(2, "label", [classes[k] for k in labels])
+    try:
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    except OSError as err:
+        raise PcamError(f"cannot write {out}: {err.strerror}; choose another --out") from None
+    print(f"predictions: {out} ({len(table):,} images; columns path, predicted, "
+          f"{', '.join(classes)})", flush=True)
+    if labels is not None:
+        from pcam.evaluate import report_predictions
+        from pcam.settings import EvaluateSettings
+
+        frame = pd.DataFrame({"id": table["path"], "label": np.asarray(labels)})
+        frame[runs_prob_columns(classes)] = np.asarray(probs).reshape(len(frame), -1)
+        report = out.with_name(out.stem + "-report")
+        record["report"] = report_predictions(
+            frame, classes, report, f"{Path(settings.answers or config.data.data_dir).name}: "
+            f"labelled test images", EvaluateSettings(), threshold=threshold)
+    return record

@@ -308,9 +308,11 @@ def _store_current(settings: DataSettings, splits) -> bool:
 
     Asked here so that a run with nothing to do prints one line.
     """
+    from pcam.sources import read_source
     from pcam.store import is_current
 
-    return all(is_current(split, settings.store_path / split.name) for split in splits)
+    source = read_source(dataclasses.replace(settings, source="kaggle"))
+    return all(is_current(split, source, settings.store_path / split.name) for split in splits)
 
 
 def verify(folder: Path, expected: tuple[int, int] | None = None, *, hint: str = "",

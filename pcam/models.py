@@ -12,7 +12,7 @@ can find the parts)::
 
     tile (T, T, 3) -> [augment layers] -> [resize to S] -> [preprocess]
         -> backbone -> head_pool -> head_dense -> head_bn -> head_dropout
-        -> prediction (sigmoid, float32)
+        -> prediction (float32: one sigmoid unit for two classes, softmax over K for K > 2)
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ import numpy as np
 from pcam.errors import PcamError
 
 DEFAULT_BACKBONE = "resnet50"
-TILE_SIZE = 96  # PCam tiles are 96 x 96 RGB
+# simple-cnn's design size: 3 stride-2 convolutions take 96 px to a 12x12 map
+# whose cells each see ~31 px. Any size works; this is its registry native size.
+SIMPLE_CNN_SIZE = 96
 
 
 @keras.saving.register_keras_serializable(package="pcam")
@@ -79,7 +81,7 @@ def scale_to_unit(images):
 BN_MOMENTUM = 0.9
 
 
-def simple_cnn(include_top=False, weights=None, input_shape=(TILE_SIZE, TILE_SIZE, 3)):
+def simple_cnn(include_top=False, weights=None, input_shape=(SIMPLE_CNN_SIZE, SIMPLE_CNN_SIZE, 3)):
     """A compact CNN for CPUs: 4 blocks of 3x3 conv -> BatchNorm -> ReLU, 32 to 256 filters.
 
     The first three convolutions have stride 2 (96 -> 48 -> 24 -> 12), the
@@ -158,7 +160,19 @@ class Backbone:
         return ChannelStandardize(self.mean, self.std, self.bgr, name="preprocess")
 
 
-BACKBONES = {b.name: b for b in (
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register_backbone(backbone: Backbone) -> Backbone:
+    """Add ``backbone`` to the registry; a name already taken is refused (a
+    second entry would silently replace the first for every saved run)."""
+    if backbone.name in BACKBONES:
+        raise ValueError(f"backbone {backbone.name!r} is already registered")
+    BACKBONES[backbone.name] = backbone
+    return backbone
+
+
+for _backbone in (
     Backbone("resnet50", keras.applications.ResNet50,
              keras.applications.resnet50.preprocess_input,
              "conv5_block3_out", 224, mean=CAFFE_MEAN_BGR, bgr=True),
@@ -173,9 +187,10 @@ BACKBONES = {b.name: b for b in (
     Backbone("efficientnetv2b0", keras.applications.EfficientNetV2B0,
              keras.applications.efficientnet_v2.preprocess_input,
              "top_activation", 224),
-    Backbone("simple-cnn", simple_cnn, scale_to_unit, "block4_relu", TILE_SIZE,
+    Backbone("simple-cnn", simple_cnn, scale_to_unit, "block4_relu", SIMPLE_CNN_SIZE,
              mean=(0.0,) * 3, std=(255.0,) * 3, min_size=8, pretrained=False),
-)}
+):
+    register_backbone(_backbone)
 
 
 def get_backbone(name: str) -> Backbone:
@@ -187,18 +202,21 @@ def get_backbone(name: str) -> Backbone:
                         f"{', '.join(BACKBONES)}") from None
 
 
-def create_model(name: str = DEFAULT_BACKBONE, *, image_size: int = TILE_SIZE,
-                 tile_size: int = TILE_SIZE, weights: str | Path | None = "imagenet",
+def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_size: int = 96,
+                 tile_size: int | None = None, weights: str | Path | None = "imagenet",
                  dense_units: int = 256, dropout: float = 0.5,
                  augment: Sequence[keras.layers.Layer] = ()) -> keras.Model:
-    """A binary tile classifier: raw RGB tile in, probability of class 1 out.
+    """A tile classifier: raw RGB tile in, class probabilities out.
 
     Args:
         name: a ``BACKBONES`` key.
+        num_classes: 2 gives one sigmoid unit, the probability of class 1
+            (so PCam models and their files stay as they were); K > 2 gives
+            a softmax over K units.
         image_size: side the backbone sees; tiles are resized inside the model
             when it differs from ``tile_size`` (top PCam solutions used 224).
-        tile_size: side of the tiles the model is fed (96, or the centre crop
-            when the pipeline crops).
+        tile_size: side of the tiles the model is fed (the store's tile size,
+            or the centre crop when the pipeline crops); None: ``image_size``.
         weights: "imagenet", "none" (or None) for random initialization, or the
             path of a backbone weights file (``.weights.h5`` from
             ``backbone.save_weights``, or a keras-applications ``*_notop.h5``).
@@ -212,7 +230,8 @@ def create_model(name: str = DEFAULT_BACKBONE, *, image_size: int = TILE_SIZE,
 
     Returns:
         A ``keras.Model`` (uncompiled) with input (tile_size, tile_size, 3)
-        float32 (uint8 is cast on entry) and output (batch, 1) float32. The
+        float32 (uint8 is cast on entry) and output (batch, 1) or (batch, K)
+        float32. The
         backbone is the sub-model ``model.get_layer("backbone")``, trainable;
         see ``set_backbone_trainable``.
 
@@ -221,6 +240,9 @@ def create_model(name: str = DEFAULT_BACKBONE, *, image_size: int = TILE_SIZE,
             unreadable weights file, or ImageNet weights that cannot be fetched.
     """
     spec = get_backbone(name)
+    tile_size = tile_size or image_size
+    if num_classes < 2:
+        raise PcamError(f"a classifier needs at least 2 classes, got {num_classes}")
     if image_size < spec.min_size:
         raise PcamError(f"image size {image_size} is too small for {name} "
                         f"(at least {spec.min_size})")
@@ -241,7 +263,9 @@ def create_model(name: str = DEFAULT_BACKBONE, *, image_size: int = TILE_SIZE,
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 so that the probability (and the loss) stays float32 under mixed precision.
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="prediction")(x)
+    units = 1 if num_classes == 2 else num_classes
+    outputs = keras.layers.Dense(units, activation="sigmoid" if units == 1 else "softmax",
+                                 dtype="float32", name="prediction")(x)
     return keras.Model(inputs, outputs, name=f"pcam_{name.replace('-', '_')}")
 
 

@@ -34,6 +34,7 @@ from pcam.augment import compose, eval_ops, train_ops
 from pcam.errors import PcamError
 from pcam.settings import AugmentSettings, InputSettings
 from pcam.store import Store
+from pcam.task import encode_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 RECORD_BATCH = 256  # records parsed per call: parsing whole batches is ~3x faster than one by one
@@ -45,7 +46,7 @@ _FEATURES = {
 }
 
 
-def parse(records, shape=(96, 96, 3)):
+def parse(records, shape):
     """A batch of serialized store records -> dict of image (uint8 NxHxWx3), id, label, index.
 
     Parsing whole batches is ~3x faster than one record at a time.
@@ -223,65 +224,68 @@ def train_dataset(store: Store, indices, inputs: InputSettings = InputSettings()
                   balance: str = "weights", worker=(0, 1)) -> tf.data.Dataset:
     """Shuffled, augmented ``(images, labels)`` batches of the tiles at ``indices``.
 
-    One pass over the dataset is one epoch. ``balance="resample"`` draws both
-    classes equally (an epoch still has ``len(indices)`` tiles) instead of
+    Labels come as the loss wants them (``pcam.task.encode_labels``: 0/1 for
+    two classes, one-hot for more). One pass over the dataset is one epoch.
+    ``balance="resample"`` draws every class equally (an epoch still has ``len(indices)`` tiles) instead of
     relying on loss weights. Same seed, same batches. ``worker=(index, count)``:
     each worker of a multi-worker run trains on its own share of the tiles
     (in RAM: every count-th of ``indices``; streamed: its shard files).
     """
     indices = np.sort(np.asarray(indices, np.int64))
+    k = len(store.classes)
     if balance == "resample":
-        _check_both_classes(store.index()["label"].to_numpy()[indices])
+        _check_every_class(store.index()["label"].to_numpy()[indices], store.classes)
     if _in_ram(store, inputs.cache):
         ram = ram_tiles(store)
         rows = indices[worker[0]::worker[1]]
-        ds = _shuffled_rows(rows, ram.labels[rows], seed, balance)
+        ds = _shuffled_rows(rows, ram.labels[rows], seed, balance, k)
         n = len(rows)
         ds = ram.gather(ds.batch(inputs.batch_size, drop_remainder=n >= inputs.batch_size))
     else:
         base = records(store, indices, worker).map(lambda ex: (ex["image"], ex["label"]))
         n = len(indices) // worker[1]
-        ds = _shuffled_records(base, inputs.shuffle_buffer, seed, balance, n)
+        ds = _shuffled_records(base, inputs.shuffle_buffer, seed, balance, n, k)
         ds = ds.batch(inputs.batch_size, drop_remainder=n >= inputs.batch_size,
                       num_parallel_calls=AUTOTUNE)
-        ds = ds.map(lambda x, y: (x, tf.cast(y, tf.float32)))
     op = _compiled(compose(train_ops(augment)))
     seeds = tf.data.Dataset.random(seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds)).map(lambda batch, s: (op(batch[0], s), batch[1]),
-                                              num_parallel_calls=AUTOTUNE)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(
+        lambda batch, s: (op(batch[0], s), encode_labels(batch[1], k)),
+        num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE).with_options(_options())
 
 
-def _shuffled_rows(rows: np.ndarray, labels: np.ndarray, seed: int, balance: str):
-    """One epoch of row numbers: a full shuffle, or (resample) both classes
-    drawn equally, ``len(rows)`` in all."""
+def _shuffled_rows(rows: np.ndarray, labels: np.ndarray, seed: int, balance: str, k: int):
+    """One epoch of row numbers: a full shuffle, or (resample) the ``k``
+    classes drawn equally, ``len(rows)`` in all."""
     def shuffled(part):
         return tf.data.Dataset.from_tensor_slices(part).shuffle(
             max(1, len(part)), seed=seed, reshuffle_each_iteration=True)
 
     if balance != "resample":
         return shuffled(rows)
-    parts = [rows[labels == c] for c in (0, 1)]
+    parts = [rows[labels == c] for c in range(k)]
     return tf.data.Dataset.sample_from_datasets(
-        [shuffled(part).repeat() for part in parts], [0.5, 0.5], seed=seed,
+        [shuffled(part).repeat() for part in parts], [1 / k] * k, seed=seed,
         rerandomize_each_iteration=True).take(len(rows))
 
 
-def _shuffled_records(ds, buffer: int, seed: int, balance: str, n: int):
-    """``(image, label)`` records through a shuffle buffer; (resample) both
+def _shuffled_records(ds, buffer: int, seed: int, balance: str, n: int, k: int):
+    """``(image, label)`` records through a shuffle buffer; (resample) the ``k``
     classes drawn equally, ``n`` in all."""
     if balance != "resample":
         return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     parts = [ds.filter(lambda x, y, c=c: tf.equal(y, c))
-             .shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat() for c in (0, 1)]
-    return tf.data.Dataset.sample_from_datasets(parts, [0.5, 0.5], seed=seed,
+             .shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat() for c in range(k)]
+    return tf.data.Dataset.sample_from_datasets(parts, [1 / k] * k, seed=seed,
                                                 rerandomize_each_iteration=True).take(n)
 
 
-def _check_both_classes(labels) -> None:
-    if len(np.unique(labels)) < 2:
-        raise PcamError("--balance resample needs tiles of both classes in the training set; "
-                        "these have only one (use --balance weights, or more tiles)")
+def _check_every_class(labels, classes) -> None:
+    absent = [c for k, c in enumerate(classes) if not np.any(labels == k)]
+    if absent:
+        raise PcamError(f"--balance resample needs tiles of every class in the training set; "
+                        f"{', '.join(absent)} has none (use --balance weights, or more tiles)")
 
 
 def eval_dataset(store: Store, indices=None, inputs: InputSettings = InputSettings(),
@@ -289,14 +293,15 @@ def eval_dataset(store: Store, indices=None, inputs: InputSettings = InputSettin
     """``(images, labels)`` batches of the tiles at ``indices`` (all when None), in
     store order, not shuffled, with only the deterministic ops of training."""
     rows = np.arange(store.n_tiles) if indices is None else np.sort(np.asarray(indices, np.int64))
+    k = len(store.classes)
     if _in_ram(store, inputs.cache):
         ds = ram_tiles(store).gather(
             tf.data.Dataset.from_tensor_slices(rows).batch(inputs.batch_size))
     else:
         ds = records(store, None if indices is None else rows).map(
-            lambda ex: (ex["image"], tf.cast(ex["label"], tf.float32))).batch(inputs.batch_size)
+            lambda ex: (ex["image"], ex["label"])).batch(inputs.batch_size)
     op = compose(eval_ops(augment))
-    ds = ds.map(lambda x, y: (op(x, None), y), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda x, y: (op(x, None), encode_labels(y, k)), num_parallel_calls=AUTOTUNE)
     return _known_length(ds, len(rows), inputs.batch_size).prefetch(AUTOTUNE) \
         .with_options(_options())
 

@@ -20,11 +20,31 @@ def _opt(default, help, **meta):
 
 @dataclass(frozen=True)
 class DataSettings:
-    """Where the competition's files are and how they become a tile store."""
+    """Where the images are and how they become a tile store.
+
+    Two kinds of source: the Kaggle competition's layout, or class folders.
+    ``classes``, ``positive`` and ``tile_size`` may be left empty: the run
+    fills them in from what the source holds, and saves them resolved in its
+    ``config.json``.
+    """
 
     data_dir: str = _opt(
         "data/histopathologic-cancer-detection",
-        "competition folder with train/, test/, train_labels.csv, sample_submission.csv")
+        "the images: a Kaggle competition folder (train/, test/, train_labels.csv, "
+        "sample_submission.csv) or class folders (DIR/<class>/<image>, or DIR/train/<class>/... "
+        "with an optional DIR/test/)")
+    source: str = _opt("auto", "what --data-dir holds: auto (recognise it), kaggle, or folders",
+                       choices=("auto", "kaggle", "folders"))
+    classes: tuple = _opt(
+        (), "class folders to use, comma-separated, in label order (default: every folder, "
+            "sorted by name); naming fewer selects a subset")
+    positive: str = _opt(
+        "", "with two classes, the one whose probability is reported (class 1), e.g. "
+            "malignant (default: the second in order; PCam: tumour)")
+    tile_size: int = _opt(
+        0, "side of the square tiles the store holds (default: the images' own size when "
+           "they all share one square size; otherwise required: images are centre-cropped "
+           "to a square and resized)")
     store_dir: str = _opt(
         "", "where the tile store lives (default: the competition folder's store/)")
     skip_bad: bool = _opt(
@@ -52,6 +72,9 @@ class FoldSettings:
     groups: str = _opt(
         "", "CSV mapping id -> slide (e.g. patch_id_wsi.csv); keeps one slide's "
             "tiles in one fold (StratifiedGroupKFold)")
+    group_pattern: str = _opt(
+        "", "regular expression whose first group, found in each image's file name, is its "
+            "patient or slide, e.g. 'CRC-Prim-HE-(\\d+)'; keeps each group in one fold")
     balance: str = _opt(
         "weights", "class balance: weights (loss weights from label counts) or "
                    "resample (draw classes equally)", choices=("weights", "resample"))
@@ -164,7 +187,7 @@ class TrainSettings:
                          choices=("cosine", "plateau"))
     patience: int = _opt(3, "epochs without validation AUC gain before early stopping "
                             "(with the cosine schedule, counted in the phase's second half)")
-    label_smoothing: float = _opt(0.0, "binary cross-entropy label smoothing (e.g. 0.05)")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (e.g. 0.05)")
     tensorboard: bool = _opt(False, "write TensorBoard logs in the fold's folder")
 
 
@@ -227,10 +250,14 @@ class PredictSettings:
     data_dir: str = _opt("", "competition folder (default: the run's, from its config.json)")
     store_dir: str = _opt("", "tile store folder (default: the run's; with --data-dir, "
                               "that folder's store/)")
-    out: str = _opt("", "submission to write (default: submissions/RUN.csv; its settings "
-                        "go beside it as RUN.json)")
-    answers: str = _opt("", "CSV of id,label for the test tiles: score the submission "
-                            "locally and print its AUC")
+    out: str = _opt("", "CSV to write (default: submissions/RUN.csv for a Kaggle run, "
+                        "predictions/RUN.csv for images; its settings go beside it as .json)")
+    answers: str = _opt("", "the answers, to score the predictions: a CSV of id,label for "
+                            "a Kaggle test set (prints the AUC), or a labelled class-folder "
+                            "set DIR/<class>/<image> (predicts its images, writes the report)")
+    images: tuple = _opt((), "image files or folders to predict instead of the test set (any "
+                             "size: made into tiles as the run's store made them); writes a CSV "
+                             "of path, predicted class and one probability per class")
 
 
 @dataclass(frozen=True)
@@ -268,9 +295,9 @@ class ExplainSettings:
     ids: tuple = _opt((), "tile ids to explain, looked up in the tile stores (train, then test)")
     images: tuple = _opt((), "image files to explain: TIFF, PNG or JPEG tiles of the size "
                              "the model takes")
-    target: str = _opt("tumour", "whose evidence the heat map shows: tumour, normal, or "
-                                 "predicted (each tile's own answer)",
-                       choices=("tumour", "normal", "predicted"))
+    target: str = _opt("", "whose evidence the heat map shows: a class name of the run, or "
+                           "predicted (each tile's own answer); default: the positive class "
+                           "of a two-class run, else predicted")
     data_dir: str = _opt("", "competition folder whose stores hold the ids (default: the "
                              "run's)")
     store_dir: str = _opt("", "tile store folder (default: the run's; with --data-dir, that "

@@ -29,14 +29,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pcam import competition
-from pcam.competition import TILE_SHAPE, Split, read_competition
+from pcam import competition, images
+from pcam.competition import Split
 from pcam.errors import PcamError
 from pcam.io import atomic_write_text
 from pcam.settings import DataSettings
-from pcam.tiles import decode_tile
+from pcam.sources import Source, read_source
 
-FORMAT = 1
+# 2: the dataset's facts (classes, tile size, label region) in the manifest.
+FORMAT = 2
 FEATURES = ("image", "id", "label", "index")
 
 
@@ -54,6 +55,20 @@ class Store:
     @property
     def n_tiles(self) -> int:
         return self.manifest["n_tiles"]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names; label i is ``classes[i]`` (two classes: ``classes[1]`` is positive)."""
+        return tuple(self.manifest["classes"])
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.manifest["tile_shape"][0])
+
+    @property
+    def label_region(self) -> int:
+        """Side of the centre square that decides a label (PCam: 32), 0: the whole tile."""
+        return int(self.manifest.get("label_region", 0))
 
     @property
     def nbytes(self) -> int:
@@ -81,47 +96,61 @@ def open_store(path: Path) -> Store:
                         f"python scripts/prepare.py --data-dir DATA_DIR") from None
     if manifest.get("format") != FORMAT:
         raise PcamError(f"{path}: store format {manifest.get('format')} is not {FORMAT}; "
-                        "delete the folder and run scripts/prepare.py again")
+                        "run scripts/prepare.py again, which rebuilds it")
     return Store(path, manifest)
 
 
-def fingerprint(split: Split) -> str:
-    """Hash of what the store is built from: ids, labels and order, plus the
-    names of the tile files. Names, not stat() of 220k files, so that an
-    up-to-date store is recognised in well under a second."""
+def fingerprint(split: Split, source: Source) -> str:
+    """Hash of what the store is built from: ids (file names), labels and
+    order, the classes and the tile size. Names, not stat() of 220k files,
+    so that an up-to-date store is recognised in well under a second."""
     digest = hashlib.sha256()
-    digest.update(f"{FORMAT}|{split.name}|{TILE_SHAPE}".encode())
+    digest.update(f"{FORMAT}|{split.name}|{source.tile_size}|{source.resize}|"
+                  f"{'/'.join(source.classes)}".encode())
     digest.update("\n".join(split.ids).encode())
     digest.update(np.asarray(split.labels, np.int64).tobytes())
-    digest.update("\n".join(sorted(competition.list_tiles(split.tile_dir))).encode())
     return digest.hexdigest()[:16]
 
 
-def is_current(split: Split, out: Path) -> bool:
+def is_current(split: Split, source: Source, out: Path) -> bool:
     """True when a finished store at ``out`` was built from exactly these files."""
     manifest = Path(out) / "manifest.json"
-    return manifest.is_file() and open_store(out).manifest["fingerprint"] == fingerprint(split)
+    if not manifest.is_file():
+        return False
+    found = json.loads(manifest.read_text())
+    return found.get("format") == FORMAT and found.get("fingerprint") == fingerprint(split, source)
 
 
-def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False) -> dict[str, Store]:
-    """Check the competition folder, then build (or reuse) one store per split.
+def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False,
+            source: Source | None = None) -> dict[str, Store]:
+    """Scan the source (``pcam.sources``), then build (or reuse) one store per split.
+
+    Args:
+        source: the scanned source, when the caller has it already.
 
     Returns:
-        ``{"train": Store, "test": Store}`` (the splits asked for).
+        ``{"train": Store, "test": Store}``: the splits asked for that the
+        source has (class folders may have no test split).
     """
-    found = dict(zip(("train", "test"), read_competition(Path(settings.data_dir))))
-    return {name: build_store(found[name], settings.store_path / name, settings, quiet=quiet)
-            for name in splits}
+    source = source or read_source(settings)
+    if not quiet:
+        print(source.summary, flush=True)
+    found = {"train": source.train, "test": source.test}
+    return {name: build_store(found[name], source, settings.store_path / name, settings,
+                              quiet=quiet)
+            for name in splits if found[name] is not None}
 
 
-def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -> Store:
+def build_store(split: Split, source: Source, out: Path, settings: DataSettings,
+                quiet=False) -> Store:
     """Ingest ``split`` into a store at ``out``, reusing or resuming what is there."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    fp = fingerprint(split)
+    fp = fingerprint(split, source)
     manifest = out / "manifest.json"
     if manifest.is_file():
-        store = open_store(out)
-        if store.manifest["fingerprint"] == fp:
+        found = json.loads(manifest.read_text())
+        if found.get("format") == FORMAT and found.get("fingerprint") == fp:
+            store = open_store(out)
             say(f"{split.name} store up to date: {out} ({store.n_tiles:,} tiles)")
             return store
         say(f"{split.name}: the source files changed since {out} was built; rebuilding it")
@@ -137,7 +166,7 @@ def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) ->
     todo = [i for i, name in enumerate(names) if not (out / name).is_file()]
     if len(todo) < len(chunks):
         say(f"{split.name}: resuming, {len(chunks) - len(todo)} of {len(chunks)} shards already done")
-    bad = _ingest(split, out, chunks, names, todo, settings)
+    bad = _ingest(split, source, out, chunks, names, todo, settings)
     # Tiles of finished shards were checked when those shards were written; what
     # they left out is recorded in their sidecar lists.
     bad = _bad_tiles(out, names, bad)
@@ -145,20 +174,21 @@ def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) ->
         _write_bad(out / "bad_tiles.csv", bad)
         raise PcamError(
             f"{len(bad)} {split.name} tile(s) cannot be used: "
-            + "; ".join(f"{p}.tif {why}" for p, why in bad[:competition.SHOW])
+            + "; ".join(f"{split.path(p)} {why}" for p, why in bad[:competition.SHOW])
             + (" ..." if len(bad) > competition.SHOW else "")
             + f". Replace or remove them, or pass --skip-bad to leave them out "
             f"(full list: {out / 'bad_tiles.csv'})")
-    return _finish(split, out, chunks, names, fp, bad, say)
+    return _finish(split, source, out, chunks, names, fp, bad, say)
 
 
-def _ingest(split, out, chunks, names, todo, settings) -> dict[int, list]:
+def _ingest(split, source, out, chunks, names, todo, settings) -> dict[int, list]:
     """Decode and write the shards in ``todo`` in parallel, one shard per job."""
     import tensorflow as tf  # noqa: F401 -- loaded once here, before workers fork
 
     offsets = np.cumsum([0] + [len(c) for c in chunks])
-    jobs = [_ShardJob(split.tile_dir, chunks[c], split.labels[offsets[c]:offsets[c + 1]],
-                      int(offsets[c]), out, names[c], settings.skip_bad) for c in todo]
+    jobs = [_ShardJob(split.tile_dir, split.suffix, chunks[c],
+                      split.labels[offsets[c]:offsets[c + 1]], int(offsets[c]), out, names[c],
+                      settings.skip_bad, source.tile_size, source.resize) for c in todo]
     workers = min(settings.workers or os.cpu_count() or 1, len(jobs))
     bad: dict[int, list] = {}
     with _pool(workers) as pool, tqdm(total=sum(len(j.ids) for j in jobs), unit="tile",
@@ -174,12 +204,15 @@ def _ingest(split, out, chunks, names, todo, settings) -> dict[int, list]:
 @dataclass(frozen=True)
 class _ShardJob:
     tile_dir: Path
+    suffix: str
     ids: tuple[str, ...]
     labels: tuple[int, ...]
     first_index: int
     out: Path
     name: str
     skip_bad: bool
+    tile_size: int
+    resize: bool
 
 
 def _write_shard(job: _ShardJob) -> tuple[str, int, list]:
@@ -195,7 +228,8 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, list]:
     bad = []
     with tf.io.TFRecordWriter(str(tmp)) as writer:
         for k, (tile_id, label) in enumerate(zip(job.ids, job.labels)):
-            image, problem = decode_tile(job.tile_dir / f"{tile_id}.tif")
+            image, problem = _tile(job.tile_dir / f"{tile_id}{job.suffix}", job.tile_size,
+                                   job.resize)
             if problem:
                 bad.append((tile_id, problem))
             else:
@@ -207,6 +241,18 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, list]:
             _write_bad(job.out / f"{job.name}.bad.csv", bad)
         os.replace(tmp, job.out / job.name)
     return job.name, len(job.ids), bad
+
+
+def _tile(path: Path, size: int, resize: bool) -> tuple[np.ndarray | None, str]:
+    """One image as a size x size tile: decoded (``pcam.images``), then, with
+    ``resize``, centre-cropped to a square and resized; without, refused when
+    it is not that size already (Kaggle's tiles are all 96x96)."""
+    image, problem = images.decode_image(path)
+    if problem or image.shape[:2] == (size, size):
+        return image, problem
+    if not resize:
+        return None, f"is {image.shape[1]}x{image.shape[0]}, expected {size}x{size}"
+    return images.to_tile(image, size), ""
 
 
 @contextlib.contextmanager
@@ -252,7 +298,7 @@ def _bad_tiles(out: Path, names: list[str], fresh: dict[int, list]) -> list:
     return bad
 
 
-def _finish(split, out, chunks, names, fp, bad, say) -> Store:
+def _finish(split, source, out, chunks, names, fp, bad, say) -> Store:
     """Write index.csv, bad_tiles.csv and, last, manifest.json."""
     left_out = {tile_id for tile_id, _ in bad}
     index = pd.DataFrame({"id": split.ids, "label": split.labels})
@@ -264,10 +310,16 @@ def _finish(split, out, chunks, names, fp, bad, say) -> Store:
         "format": FORMAT,
         "split": split.name,
         "source": str(split.tile_dir.resolve()),
+        "kind": source.kind,
+        "classes": list(source.classes),
+        "positive": source.positive,
+        "label_region": source.label_region,
         "fingerprint": fp,
         "n_tiles": len(index),
         "label_counts": {str(k): int(v) for k, v in counts.items()},
-        "tile_shape": list(TILE_SHAPE),
+        "class_counts": {(source.classes[k] if k >= 0 else "unlabelled"): int(v)
+                         for k, v in counts.items()},
+        "tile_shape": [source.tile_size, source.tile_size, 3],
         "shards": [{"file": name, "n_tiles": sum(t not in left_out for t in chunk)}
                    for name, chunk in zip(names, chunks)],
         "bad_tiles": len(bad),

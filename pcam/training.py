@@ -5,8 +5,9 @@ A run lives in ``RUNS_DIR/RUN/``::
     config.json                 the resolved settings (RunSettings)
     folds.csv                   id, label, fold
     fold_<k>/best.keras         best model of the fold by validation AUC (both phases)
+    fold_<k>/model.json         its classes, tile size, threshold... (pcam.runs.ModelInfo)
     fold_<k>/history_<phase>.csv
-    fold_<k>/oof.csv            id, label, prob, fold: out-of-fold predictions
+    fold_<k>/oof.csv            id, label, fold, probabilities: out-of-fold predictions
     fold_<k>/metrics.json       written last: its presence means "fold finished"
     cv.json                     per-fold AUC, mean ± std, OOF AUC
     report/index.html           the evaluation report (pcam.evaluate), written last
@@ -32,18 +33,18 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pcam import distribute, metrics
-from pcam.competition import read_competition
+from pcam import __version__, distribute, metrics, runs, task
 from pcam.evaluate import evaluate
 from pcam.errors import PcamError
+from pcam.augment import on_model
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
-from pcam.inference import load_fold_model
 from pcam.io import atomic_write_text
-from pcam.models import (TILE_SIZE, count_trainable_weights, create_model, get_backbone,
-                         set_backbone_trainable)
+from pcam.models import count_trainable_weights, create_model, get_backbone, set_backbone_trainable
 from pcam.pipeline import eval_dataset, train_dataset
+from pcam.runs import ModelInfo, load_fold_model
 from pcam.settings import (DataSettings, EvaluateSettings, RunSettings, TrainSettings, from_json,
                            to_dict, to_json)
+from pcam.sources import read_source
 from pcam.store import Store, is_current, open_store, prepare
 
 # Settings that may differ when a run is resumed: where things are, which
@@ -67,8 +68,9 @@ class Phase:
 
 def phases(train: TrainSettings) -> list[Phase]:
     """The recipe: train the head on a frozen backbone, then fine-tune."""
-    return [Phase("frozen", False, train.lr_frozen, train.epochs_frozen),
-            Phase("finetune", train.unfreeze or True, train.lr_finetune, train.epochs_finetune)]
+    frozen, finetune = runs.PHASES
+    return [Phase(frozen, False, train.lr_frozen, train.epochs_frozen),
+            Phase(finetune, train.unfreeze or True, train.lr_finetune, train.epochs_finetune)]
 
 
 def default_run_name() -> str:
@@ -96,13 +98,22 @@ def run_cv(settings: RunSettings) -> dict | None:
     if distribute.is_multi_worker(strategy):
         store = _built_store(settings.data)
     else:
-        store = prepare(settings.data, splits=("train",))["train"]
+        source = read_source(settings.data)
+        # Folds that cannot be made (a class or a group count below --folds, a
+        # pattern that matches nothing) are found before minutes of ingest.
+        listing = pd.DataFrame({"id": source.train.ids, "label": source.train.labels})
+        assign_folds(subset(listing, settings.folds.max_tiles, settings.folds.seed),
+                     settings.folds, source.classes)
+        store = prepare(settings.data, splits=("train",), source=source)["train"]
+    settings = dataclasses.replace(settings, data=resolve_data(settings.data, store))
+    _check_against_store(settings, store)
     if chief:
         _check_or_write_config(settings, run_dir)
-        folds = load_or_assign(run_dir / "folds.csv", store.index(), settings.folds)
+        folds = load_or_assign(run_dir / "folds.csv", store.index(), settings.folds,
+                               store.classes)
     else:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
-                             settings.folds)
+                             settings.folds, store.classes)
     todo = range(k_all) if settings.fold == -1 else [settings.fold]
     for k in todo:
         if (run_dir / f"fold_{k}" / "metrics.json").is_file():
@@ -115,12 +126,26 @@ def run_cv(settings: RunSettings) -> dict | None:
     return summary
 
 
+def resolve_data(data: DataSettings, store: Store) -> DataSettings:
+    """``data`` with the dataset's facts as the store recorded them: what the
+    run's config.json keeps, so that every later step reads them from there."""
+    return dataclasses.replace(data, source=store.manifest["kind"], classes=store.classes,
+                               positive=store.manifest["positive"], tile_size=store.tile_size)
+
+
+def _check_against_store(settings: RunSettings, store: Store) -> None:
+    crop = settings.augment.centre_crop
+    if crop > store.tile_size:
+        raise PcamError(f"--centre-crop {crop} is larger than the tiles ({store.tile_size}x"
+                        f"{store.tile_size}); give at most {store.tile_size}, or 0 for the whole tile")
+
+
 def _built_store(data: DataSettings) -> Store:
     """The train store of a multi-worker run, which must be built beforehand:
     workers that each found it missing would all build it at once."""
-    train, _ = read_competition(Path(data.data_dir))
+    source = read_source(data)
     path = data.store_path / "train"
-    if not is_current(train, path):
+    if not is_current(source.train, source, path):
         raise PcamError(f"a multi-worker run reads a tile store built beforehand, and {path} is "
                         f"missing or out of date: run python scripts/prepare.py --data-dir "
                         f"{data.data_dir} first, where every worker can read it")
@@ -174,12 +199,15 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     replicas = strategy.num_replicas_in_sync
     inputs = dataclasses.replace(settings.inputs,
                                  batch_size=settings.inputs.batch_size * replicas)
-    train_ds = train_dataset(store, train_pos, inputs, settings.augment,
+    pipeline_augment, model_augment = on_model(settings.augment,
+                                               distribute.has_accelerator(strategy))
+    train_ds = train_dataset(store, train_pos, inputs, pipeline_augment,
                              seed=settings.folds.seed + k, balance=settings.folds.balance,
                              worker=distribute.worker(strategy))
     val_ds = eval_dataset(store, val_pos, inputs, settings.augment)
     labels = store.index()["label"].to_numpy()
     weights = class_weights(labels[train_pos]) if settings.folds.balance == "weights" else None
+    num_classes = len(store.classes)
     steps = max(1, len(train_pos) // inputs.batch_size)
     print(f"fold {k}: {len(train_pos):,} train / {len(val_pos):,} validation tiles, "
           f"{replicas} replica(s), global batch {inputs.batch_size}", flush=True)
@@ -187,8 +215,9 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     m = settings.model
     with strategy.scope():
         # With --centre-crop the pipeline feeds N x N crops (see augment.eval_ops).
-        model = create_model(m.backbone, image_size=m.image_size,
-                             tile_size=settings.augment.centre_crop or TILE_SIZE,
+        model = create_model(m.backbone, num_classes=num_classes, image_size=m.image_size,
+                             tile_size=settings.augment.centre_crop or store.tile_size,
+                             augment=model_augment,
                              weights=m.weights, dense_units=m.dense_units, dropout=m.dropout)
     # BatchNorm keeps its pretrained statistics when fine-tuning (see
     # set_backbone_trainable); a backbone from random weights has none to keep.
@@ -202,7 +231,7 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
             continue
         with strategy.scope():
             set_backbone_trainable(model, phase.trainable, freeze_batchnorm=pretrained)
-            _compile(model, phase, settings, steps)
+            _compile(model, phase, settings, steps, num_classes)
         print(f"fold {k}, phase {phase.name}: {phase.epochs} epoch(s), lr {phase.lr:g}, "
               f"{count_trainable_weights(model):,} trainable weights", flush=True)
         # A repeated stream with a fixed epoch length: Keras then never meets the
@@ -243,24 +272,25 @@ def _load_best(model, best: Path) -> None:
         model.load_weights(best)
 
 
-def _compile(model, phase: Phase, settings: RunSettings, steps: int) -> None:
+def _compile(model, phase: Phase, settings: RunSettings, steps: int, num_classes: int) -> None:
     lr = phase.lr
     if phase.trainable is not False and settings.train.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=steps * phase.epochs)
     model.compile(
         optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.train.label_smoothing),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        loss=task.loss(num_classes, settings.train.label_smoothing),
+        metrics=task.metrics(num_classes),
         jit_compile=settings.device.jit,
         steps_per_execution=settings.device.steps_per_execution)
 
 
 def best_auc(fold_dir: Path) -> float | None:
     """The best validation AUC logged in any phase of this fold so far."""
-    values = [pd.read_csv(p)["val_auc"].max() for p in fold_dir.glob("history_*.csv")
-              if p.stat().st_size and "val_auc" in pd.read_csv(p, nrows=0).columns]
-    values = [v for v in values if not math.isnan(v)]
-    return max(values) if values else None
+    history = runs.read_history(fold_dir)
+    if history.empty or "val_auc" not in history:
+        return None
+    best = history["val_auc"].max()
+    return None if math.isnan(best) else float(best)
 
 
 def _warm_up(phase: Phase, train: TrainSettings) -> int:
@@ -277,14 +307,14 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     callbacks = [
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
-        keras.callbacks.ModelCheckpoint(fold_dir / "best.keras", monitor="val_auc", mode="max",
+        keras.callbacks.ModelCheckpoint(fold_dir / "best.keras", monitor=task.MONITOR, mode="max",
                                         save_best_only=True, initial_value_threshold=best_so_far),
         # Under cosine decay the first half of a phase runs at a high learning
         # rate and validation AUC swings: the CPU recipe's read 0.882, 0.874,
         # 0.840, 0.881 over epochs 1-4 of 12 while training AUC rose from 0.87
         # to 0.91, and patience 3 ended the run there. Early stopping watches
         # the second half; the checkpoint above keeps the best of every epoch.
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=train.patience,
+        keras.callbacks.EarlyStopping(monitor=task.MONITOR, mode="max", patience=train.patience,
                                       restore_best_weights=False,
                                       start_from_epoch=_warm_up(phase, train)),
         keras.callbacks.CSVLogger(fold_dir / f"history_{phase.name}.csv", append=True),
@@ -292,7 +322,7 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     if backup:
         callbacks.append(keras.callbacks.BackupAndRestore(fold_dir / f"backup_{phase.name}"))
     if phase.trainable is not False and train.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max",
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=task.MONITOR, mode="max",
                                                            factor=0.5, patience=1))
     if train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(fold_dir / "tensorboard"))
@@ -300,16 +330,32 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
 
 
 def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
+    """Predict the fold's validation tiles; write model.json, oof.csv and,
+    last, metrics.json (its presence marks the fold finished)."""
+    classes = store.classes
     probs = model.predict(eval_dataset(store, val_pos, inputs, settings.augment).map(
-        _images_only), verbose=0).ravel()
+        _images_only), verbose=0)
+    probs = probs[:, 0] if len(classes) == 2 else probs
     index = store.index().iloc[val_pos]
     oof = pd.DataFrame({"id": index["id"].to_numpy(), "label": index["label"].to_numpy(),
-                        "prob": probs, "fold": k})
+                        "fold": k})
+    oof[runs.prob_columns(classes)] = probs.reshape(len(oof), -1)
+    model_info(settings, store).to_json(fold_dir / "model.json")
     atomic_write_text(fold_dir / "oof.csv", oof.to_csv(index=False))
-    result = metrics.binary_metrics(oof["label"], oof["prob"])
+    result = metrics.task_metrics(oof["label"], probs, classes)
     atomic_write_text(fold_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-    print(f"fold {k}: validation AUC {result['auc']:.4f}", flush=True)
+    print(f"fold {k}: validation {'AUC' if len(classes) == 2 else 'macro AUC'} "
+          f"{result['auc']:.4f}", flush=True)
     return result
+
+
+def model_info(settings: RunSettings, store: Store, threshold: float = 0.5) -> ModelInfo:
+    """What a fold's model needs besides itself, from the run's settings and its store."""
+    return ModelInfo(classes=store.classes, positive=store.manifest["positive"],
+                     tile_size=store.tile_size, centre_crop=settings.augment.centre_crop,
+                     label_region=store.label_region,
+                     backbone=settings.model.backbone, image_size=settings.model.image_size,
+                     threshold=threshold, pcam_version=__version__)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -321,15 +367,31 @@ def _images_only(images, labels):
 
 
 def summarise(run_dir: Path, k_all: int) -> dict | None:
-    """CV summary of a run (printed and saved as cv.json) once all folds are finished."""
-    finished = {k: json.loads((run_dir / f"fold_{k}" / "metrics.json").read_text())
-                for k in range(k_all) if (run_dir / f"fold_{k}" / "metrics.json").is_file()}
-    if len(finished) < k_all:
-        print(f"{len(finished)} of {k_all} folds finished; the CV summary comes when all are",
+    """CV summary of a run (printed and saved as cv.json) once all folds are finished.
+
+    For two classes it also chooses the decision threshold on the pooled
+    out-of-fold predictions (Youden's J) and records it in every fold's
+    model.json, so that a model used on its own answers as the report does.
+    """
+    done = runs.finished_folds(run_dir, k_all)
+    if len(done) < k_all:
+        print(f"{len(done)} of {k_all} folds finished; the CV summary comes when all are",
               flush=True)
         return None
-    oof = pd.concat([pd.read_csv(run_dir / f"fold_{k}" / "oof.csv") for k in range(k_all)])
-    summary = metrics.cv_summary(finished, oof["label"], oof["prob"])
+    _, config = runs.load_run(run_dir)
+    classes = runs.run_classes(config)
+    finished = {k: json.loads((run_dir / f"fold_{k}" / "metrics.json").read_text()) for k in done}
+    oof = runs.read_oof(run_dir, done)
+    probs = runs.probabilities(oof, classes)
+    summary = metrics.cv_summary(finished, oof["label"], probs, classes)
+    if len(classes) == 2:
+        threshold = metrics.choose_threshold(oof["label"], probs)
+        summary["threshold"] = threshold
+        for k in done:
+            path = run_dir / f"fold_{k}" / "model.json"
+            if path.is_file():
+                info = ModelInfo.from_json(path)
+                ModelInfo(**{**dataclasses.asdict(info), "threshold": threshold}).to_json(path)
     atomic_write_text(run_dir / "cv.json", json.dumps(summary, indent=2) + "\n")
     print(metrics.format_cv(summary), flush=True)
     return summary

@@ -125,3 +125,25 @@ def test_colour_stain_layer_is_identity_at_inference_and_saves(tiles, tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert loaded.layers[0].get_config()["stain"] == 0.05
+
+
+def test_colour_jitter_moves_into_the_model_only_on_an_accelerator():
+    import tensorflow as tf
+
+    from pcam import distribute
+    from pcam.models import create_model
+    from pcam.settings import AugmentSettings
+
+    asked = AugmentSettings(brightness=0.1, stain=0.05)
+    assert augment.on_model(asked, accelerator=False) == (asked, [])
+    assert augment.on_model(AugmentSettings(), accelerator=True) == (AugmentSettings(), [])
+    pipeline, layers = augment.on_model(asked, accelerator=True)
+    assert pipeline.brightness == pipeline.stain == 0 and pipeline.dihedral
+    assert [type(layer) for layer in layers] == [augment.RandomColourStain]
+    model = create_model("simple-cnn", image_size=32, weights="none", augment=layers)
+    tiles = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    inference = model(tiles, training=False).numpy()
+    np.testing.assert_allclose(model(tiles, training=False).numpy(), inference, atol=1e-6)
+    jittered = model.get_layer("colour_stain")(tiles, training=True).numpy()
+    assert np.abs(jittered - tiles).mean() > 0.5   # it jitters when training ...
+    assert not distribute.has_accelerator(tf.distribute.get_strategy())  # ... and CPUs keep it

@@ -51,8 +51,9 @@ def test_ids_give_a_picture_each_a_table_and_a_page(run, capsys):
     table = pd.read_csv(out / "explanations.csv", dtype={"name": str})
     assert table["name"].tolist() == chosen["id"].tolist() + [test_id]
     # Grad-CAM's probabilities are the fold model's: the same as its out-of-fold predictions.
-    np.testing.assert_allclose(table["prob"][:4], chosen["prob"], atol=1e-5)
-    assert table["label"][:4].tolist() == chosen["label"].tolist()
+    np.testing.assert_allclose(table["prob_tumour"][:4], chosen["prob"], atol=1e-5)
+    np.testing.assert_allclose(table["prob_normal"] + table["prob_tumour"], 1, atol=1e-6)
+    assert table["label"][:4].tolist() == chosen["label"].map({0: "normal", 1: "tumour"}).tolist()
     assert pd.isna(table["label"][4])                  # a test tile has no label
     assert set(table["evidence_for"]) == {"tumour"}
     for row in table.head(3).itertuples():            # the marked tiles: on the mark
@@ -79,10 +80,24 @@ def test_image_files_give_the_same_answer_as_the_ids(run, tmp_path):
                    f"{run.data.data_dir}/train/{tile_id}.tif", tmp_path / "as.png",
                    tmp_path / "with-alpha.png", "--target", "predicted", "--out", out) == 0
     table = pd.read_csv(out / "explanations.csv")
-    np.testing.assert_allclose(table["prob"], [prob] * 3, atol=1e-5)
+    np.testing.assert_allclose(table["prob_tumour"], [prob] * 3, atol=1e-5)
     expected = "tumour" if prob >= 0.5 else "normal"
     assert set(table["evidence_for"]) == {expected}
     assert sorted(p.name for p in out.glob("*.png")) == sorted(table["png"])
+
+
+def test_images_of_another_size_or_grey_are_made_tiles_as_the_store_makes_them(run, tmp_path):
+    """A 192x240 image is centre-cropped and resized to the run's 96 px; a grey
+    one is made RGB. Both are explained, not refused."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (192, 240, 3), np.uint8)) \
+        .save(tmp_path / "big.png")
+    Image.fromarray(np.full((96, 96), 180, np.uint8)).save(tmp_path / "grey.png")
+    out = tmp_path / "out"
+    assert explain("--run", run.run_dir, "--images", tmp_path / "big.png", tmp_path / "grey.png",
+                   "--out", out) == 0
+    table = pd.read_csv(out / "explanations.csv")
+    assert table["name"].tolist() == ["big", "grey"]
+    assert table["evidence_for"].tolist() == ["tumour", "tumour"]  # the positive class
 
 
 def test_a_bare_model_file_explains_next_to_itself(run, tmp_path):
@@ -100,17 +115,16 @@ def test_a_bare_model_file_explains_next_to_itself(run, tmp_path):
 @pytest.mark.parametrize("case, args, message", [
     ("unknown id", ["--ids", "not-a-tile-id"], "not-a-tile-id"),
     ("missing file", ["--images", "{tmp}/nowhere.tif"], "nowhere.tif does not exist"),
-    ("wrong size", ["--images", "{tmp}/small.png"], "small.png is 64x64; the model takes 96x96"),
-    ("not an image", ["--images", "{tmp}/text.png"], "text.png cannot be decoded"),
-    ("greyscale", ["--images", "{tmp}/grey.png"], "grey.png has 1 channel"),
+    ("not an image", ["--images", "{tmp}/text.png"], "text.png is not an image"),
+    ("transparent", ["--images", "{tmp}/clear.png"], "clear.png has transparent pixels"),
+    ("unknown class", ["--ids", "x", "--target", "stroma"], "--target stroma: not a class"),
     ("no tiles", [], "nothing to explain"),
     ("fold out of range", ["--fold", "7", "--ids", "x"], "--fold 7: run"),
     ("fold not finished", ["--fold", "1", "--ids", "x"], "fold 1 of run"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run, tmp_path, capsys, case, args,
                                                         message):
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "small.png")
-    Image.fromarray(np.zeros((96, 96), np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(np.zeros((96, 96, 4), np.uint8), "RGBA").save(tmp_path / "clear.png")
     (tmp_path / "text.png").write_text("not an image\n")
     out = tmp_path / "out"
     assert explain("--run", run.run_dir, "--out", out,

@@ -24,15 +24,15 @@ def test_gradcam_peak_lies_on_the_only_signal_and_follows_it(marked_run):
     marked = oof.loc[oof["label"] == 1, "id"].tolist()[:40]
 
     tiles = np.stack([tifffile.imread(layout / "train" / f"{i}.tif") for i in marked])
-    heat, _ = gradcam(explain, tiles)
+    heat, _ = gradcam(explain, tiles, target=1)
     assert heat.shape == (len(marked), 96, 96) and heat.min() >= 0 and heat.max() <= 1
     assert on_the_mark(heat, TOP_RIGHT) >= 0.9
 
     # The same real tiles with the mark moved: still found (they outrank the
     # unmarked originals), and the peak moves with it.
     plain = np.stack([originals[i] for i in marked])
-    heat, moved_probs = gradcam(explain, np.stack([mark(t, BOTTOM_LEFT) for t in plain]))
-    _, plain_probs = gradcam(explain, plain)
+    heat, moved_probs = gradcam(explain, np.stack([mark(t, BOTTOM_LEFT) for t in plain]), target=1)
+    _, plain_probs = gradcam(explain, plain, target=1)
     assert auc([1] * len(marked) + [0] * len(marked),
                np.concatenate([moved_probs, plain_probs])) > 0.95
     assert on_the_mark(heat, BOTTOM_LEFT) >= 0.9
@@ -47,7 +47,7 @@ def on_the_mark(heat: np.ndarray, corner) -> float:
 @pytest.fixture(scope="module")
 def small_models():
     """Every registered backbone at its smallest input size, random weights."""
-    return {name: models.create_model(name, image_size=max(32, spec.min_size), weights="none",
+    return {name: models.create_model(name, image_size=max(32, spec.min_size), tile_size=96, weights="none",
                                       dense_units=16)
             for name, spec in models.BACKBONES.items()}
 
@@ -58,7 +58,7 @@ def test_every_backbone_explains_with_its_last_conv_layer(small_models, name):
     tiles = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3)).astype(np.uint8)
     explain = explainer(model)
     assert explain.layer == models.BACKBONES[name].last_conv_layer
-    heat, probs = gradcam(explain, tiles, target="predicted", batch_size=2)
+    heat, probs = gradcam(explain, tiles, target=None, batch_size=2)
     assert heat.shape == (3, 96, 96) and np.isfinite(heat).all()
     assert heat.min() >= 0 and heat.max() <= 1
     np.testing.assert_allclose(probs, model.predict(tiles, verbose=0).ravel(), atol=1e-5)
@@ -75,17 +75,35 @@ def test_a_keras_cnn_from_elsewhere_is_explained_by_its_last_feature_map():
     explain = explainer(model)
     assert explain.layer == "conv_b" and explain.map_shape == (23, 23)
     tiles = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3)).astype(np.uint8)
-    heat, probs = gradcam(explain, tiles)
+    heat, probs = gradcam(explain, tiles, target=1)
     assert heat.shape == (2, 96, 96)
     np.testing.assert_allclose(probs, model.predict(tiles, verbose=0).ravel(), atol=1e-5)
 
 
-def test_a_model_that_is_not_a_binary_classifier_is_refused():
+def test_a_model_that_is_not_a_classifier_is_refused():
     model = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Conv2D(4, 3),
                               keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(2, activation="softmax")])
-    with pytest.raises(PcamError, match="one sigmoid unit"):
+                              keras.layers.Dense(2, activation="relu")])
+    with pytest.raises(PcamError, match="one sigmoid unit or a softmax"):
         explainer(model)
     flat = keras.Sequential([keras.Input((12,)), keras.layers.Dense(1, activation="sigmoid")])
     with pytest.raises(PcamError, match="feature map"):
         explainer(flat)
+
+
+def test_a_k_class_model_explains_the_class_asked_for():
+    """Softmax over 4 classes: the probabilities are the model's, a target
+    per tile is honoured, and out-of-range targets are refused."""
+    model = models.create_model("simple-cnn", num_classes=4, image_size=32, weights="none",
+                                dense_units=8)
+    tiles = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
+    explain = explainer(model)
+    heat, probs = gradcam(explain, tiles, target=np.array([0, 1, 2, 3, 0]))
+    assert heat.shape == (5, 32, 32) and probs.shape == (5, 4)
+    np.testing.assert_allclose(probs, model.predict(tiles, verbose=0), atol=1e-5)
+    assert heat.min() >= 0 and heat.max() <= 1
+    one, _ = gradcam(explain, tiles[:1], target=1)
+    other, _ = gradcam(explain, tiles[:1], target=2)
+    assert not np.allclose(one, other)  # another class, other evidence
+    with pytest.raises(PcamError, match="classes 0 to 3"):
+        gradcam(explain, tiles, target=4)

@@ -209,7 +209,7 @@ def test_run_of_another_image_size_and_precision(run, store, tmp_path):
     to_json(other, other.run_dir / "config.json")
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        made = create_model("simple-cnn", image_size=48, weights="none")
+        made = create_model("simple-cnn", image_size=48, tile_size=96, weights="none")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     made.save(fold / "best.keras")

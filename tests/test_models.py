@@ -16,16 +16,17 @@ import pytest
 from pcam import models
 from pcam.errors import PcamError
 
+TILE = 96  # the PCam tile size these tests feed
 SMALL = 32  # image size for the ImageNet backbones in tests
 
 
-def _tiles(n=2, size=models.TILE_SIZE, seed=0):
+def _tiles(n=2, size=TILE, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 def _small_model(name, **kwargs):
-    size = models.TILE_SIZE if name == "simple-cnn" else SMALL
-    return models.create_model(name, image_size=size, weights="none", **kwargs)
+    size = TILE if name == "simple-cnn" else SMALL
+    return models.create_model(name, image_size=size, tile_size=TILE, weights="none", **kwargs)
 
 
 def test_unknown_backbone_lists_the_valid_names():
@@ -125,7 +126,7 @@ def _fit_one_step(model, tiles, labels):
 
 
 def test_fine_tuning_leaves_batchnorm_statistics_alone():
-    model = models.create_model("simple-cnn", image_size=32, weights="none")
+    model = models.create_model("simple-cnn", image_size=32, tile_size=TILE, weights="none")
     backbone = model.get_layer("backbone")
     tiles, labels = _tiles(8, seed=2), np.array([0, 1] * 4, np.float32)
 
@@ -221,7 +222,7 @@ def test_augment_layers_act_only_in_training(tmp_path):
 def test_output_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = models.create_model("simple-cnn", image_size=48, weights="none")
+        model = models.create_model("simple-cnn", image_size=48, tile_size=TILE, weights="none")
         probabilities = model.predict(_tiles(2), verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -192,5 +192,5 @@ def test_ram_tiles_are_shared_kept_alive_by_their_datasets_then_freed(stores):
 def test_resample_needs_both_classes(stores):
     store = stores["train"]
     negatives = np.flatnonzero(store.index()["label"] == 0)
-    with pytest.raises(PcamError, match="both classes"):
+    with pytest.raises(PcamError, match="every class"):
         train_dataset(store, negatives, balance="resample")

@@ -34,13 +34,14 @@ def truncated(layout):
 def small_tile(layout):
     path = layout / "train" / f"{first_train_id(layout)}.tif"
     tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
-    return "64x64x3"
+    return "is 64x64, expected 96x96"
 
 
 def rgba_tile(layout):
     path = layout / "train" / f"{first_train_id(layout)}.tif"
+    # Alpha 0 everywhere: a transparent tile, not an opaque one with a spare channel.
     tifffile.imwrite(path, np.zeros((96, 96, 4), np.uint8), photometric="rgb", extrasamples=[2])
-    return "96x96x4"
+    return "transparent pixels"
 
 
 def text_as_tif(layout):
@@ -134,7 +135,7 @@ def test_store_holds_every_tile_exactly(layout):
     from pcam.pipeline import parse
 
     raw = next(iter(tf.data.TFRecordDataset([str(p) for p in train.shards]).batch(300)))
-    records = parse(raw)
+    records = parse(raw, (96, 96, 3))
     assert list(records["index"].numpy()) == list(range(300))
     for k in (0, 137, 299):
         tile_id = records["id"][k].numpy().decode()

@@ -3,6 +3,8 @@
     python scripts/predict.py --run runs/NAME                   # every finished fold x 8 TTA views
     python scripts/predict.py --run runs/NAME --tta 4 --folds 0,2 --average rank
     python scripts/predict.py --run runs/NAME --answers answers.csv   # also print the local AUC
+    python scripts/predict.py --run runs/NAME --images slide_tiles/ x.png   # any images -> CSV
+    python scripts/predict.py --run runs/NAME --answers labelled_test/     # class folders -> report
 
 Each fold's best model predicts every test tile under the chosen dihedral
 views (one model call per batch holds all of the batch's views); views are
@@ -35,7 +37,9 @@ def parse_folds(text: str) -> tuple[int, ...]:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_settings(parser, PredictSettings, "prediction", skip=("folds",))
+    add_settings(parser, PredictSettings, "prediction", skip=("folds", "images"))
+    parser.add_argument("--images", nargs="+", default=(), metavar="PATH",
+                        help=PredictSettings.__dataclass_fields__["images"].metadata["help"])
     parser.add_argument("--folds", type=parse_folds, default=PredictSettings().folds,
                         metavar="all|0,2",
                         help="folds to ensemble: all (every finished fold, the default) or "
@@ -43,7 +47,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.run:
         parser.error("--run is required: the run folder to predict with, such as runs/NAME")
-    settings = settings_from_args(PredictSettings, args)
+    settings = settings_from_args(PredictSettings, args, images=tuple(args.images))
 
     from pcam.inference import predict  # after parsing: --help answers without TensorFlow
 

@@ -1,0 +1,258 @@
+"""Run directories: finding a run's folds, its models and what they predicted.
+
+Training writes a run, and evaluation, prediction, explanation, comparison
+and the app read it, all through this module::
+
+    RUN/config.json               the resolved settings (RunSettings), classes included
+    RUN/folds.csv                 id, label, fold
+    RUN/fold_<k>/best.keras       the fold's best model
+    RUN/fold_<k>/model.json       what the model needs besides itself (ModelInfo)
+    RUN/fold_<k>/history_<phase>.csv
+    RUN/fold_<k>/oof.csv          id, label, fold, then the probabilities (``prob_columns``)
+    RUN/fold_<k>/metrics.json     written last: its presence means "fold finished"
+
+Nothing here imports TensorFlow at module level, so reports start quickly.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from pcam.errors import PcamError
+from pcam.io import atomic_write_text
+from pcam.settings import RunSettings, from_json
+
+PHASES = ("frozen", "finetune")  # training order; names of history_<phase>.csv
+# Runs and stores made before datasets carried their classes were PCam's.
+LEGACY_CLASSES = ("normal", "tumour")
+LEGACY_REGION = 32
+
+
+def load_run(run: str | Path) -> tuple[Path, RunSettings]:
+    """The run folder and the settings it was trained with (its config.json)."""
+    run_dir = Path(run)
+    config = run_dir / "config.json"
+    if not config.is_file():
+        hint = ""
+        if not run_dir.is_absolute() and (Path("runs") / run_dir / "config.json").is_file():
+            hint = f" (did you mean --run {Path('runs') / run_dir}?)"
+        raise PcamError(f"{run_dir}: no run here (no config.json){hint}; pass --run with a "
+                        f"folder that scripts/train.py wrote, such as runs/NAME")
+    try:
+        return run_dir, from_json(RunSettings, config)
+    except (PcamError, TypeError, ValueError) as err:
+        raise PcamError(f"{config} is not a pcam run config ({err})") from None
+
+
+def run_classes(config: RunSettings) -> tuple[str, ...]:
+    """The run's class names in label order (label i is ``classes[i]``)."""
+    return tuple(config.data.classes) or LEGACY_CLASSES
+
+
+def finished_folds(run_dir: Path, n_folds: int) -> list[int]:
+    """Folds of the run whose training finished (``fold_<k>/metrics.json`` is written last)."""
+    return [k for k in range(n_folds) if (run_dir / f"fold_{k}" / "metrics.json").is_file()]
+
+
+def resolve_folds(run_dir: Path, config: RunSettings, folds: Sequence[int] = ()) -> list[int]:
+    """The folds to use: ``folds``, or every finished fold when empty.
+
+    Raises:
+        PcamError: the run has no finished fold, or a requested fold does not
+            exist or is not finished (the message says how to train it).
+    """
+    n_folds = config.folds.folds
+    done = finished_folds(run_dir, n_folds)
+    train = f"python scripts/train.py --run {config.run} --runs-dir {config.runs_dir}"
+    if not done:
+        raise PcamError(f"run {run_dir} has no finished fold (none of its {n_folds} "
+                        f"fold_<k>/ folders has metrics.json): finish training first with "
+                        f"the command that started it ({train} ...); it resumes where it stopped")
+    if not folds:
+        return done
+    wrong = sorted({k for k in folds if not 0 <= k < n_folds})
+    if wrong:
+        raise PcamError(f"--folds {','.join(map(str, wrong))}: run {run_dir} has folds "
+                        f"0 to {n_folds - 1}")
+    missing = sorted({k for k in folds if k not in done})
+    if missing:
+        raise PcamError(f"fold(s) {', '.join(map(str, missing))} of run {run_dir} are not finished "
+                        f"(finished: {', '.join(map(str, done))}): train them with "
+                        f"{train} --fold K ..., or pass --folds {','.join(map(str, done))}")
+    return sorted(set(folds))
+
+
+# --- a model and its facts ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a saved model needs besides its weights to be used on a raw image.
+
+    Written as ``model.json`` beside every ``best.keras``.
+
+    Attributes:
+        classes: class names in output order (two classes: one sigmoid unit
+            giving the probability of ``classes[1]``).
+        positive: the class whose probability a two-class model reports ("" for K > 2).
+        tile_size: side of the square tiles of the store it was trained on;
+            an image is made a tile of this size the way the store made them.
+        centre_crop: side of the centre crop the model is fed (0: the whole tile).
+        label_region: side of the centre square that decides a label (PCam:
+            32; 0: the whole tile), outlined on pictures.
+        backbone: registry name of the backbone.
+        image_size: side the backbone sees (the model resizes to it itself).
+        threshold: the decision threshold for ``positive``, chosen on the run's
+            pooled out-of-fold predictions (0.5 until every fold has finished).
+        pcam_version: the version of pcam that trained it.
+    """
+
+    classes: tuple[str, ...]
+    positive: str
+    tile_size: int
+    centre_crop: int = 0
+    label_region: int = 0
+    backbone: str = ""
+    image_size: int = 0
+    threshold: float = 0.5
+    pcam_version: str = ""
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def input_size(self) -> int:
+        """Side of the tiles the model takes."""
+        return self.centre_crop or self.tile_size
+
+    def to_json(self, path: Path) -> None:
+        atomic_write_text(Path(path), json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: Path) -> ModelInfo:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: (tuple(v) if k == "classes" else v)
+                          for k, v in data.items() if k in known})
+        except FileNotFoundError:
+            raise PcamError(f"{path}: missing; a pcam model needs its model.json beside it "
+                            "(train again, or copy it from the run's fold folder)") from None
+        except (ValueError, TypeError) as err:
+            raise PcamError(f"{path}: not a pcam model.json ({err})") from None
+
+
+def info_path(model_path: Path) -> Path:
+    return Path(model_path).with_name("model.json")
+
+
+def load_fold_model(path: Path, remedy: str | None = None):
+    """A saved model, ready to predict (no optimizer state is loaded).
+
+    The model carries its preprocessing, resizing and precision policy, so
+    any backbone, image size or precision loads the same way; its output
+    layer is float32 even under mixed precision.
+
+    Args:
+        remedy: what the error message tells the user to do when the file is
+            missing or unreadable (default: train that fold again).
+    """
+    import keras
+
+    import pcam.augment  # noqa: F401 -- registers the custom layers the file may hold
+    import pcam.models  # noqa: F401
+
+    remedy = remedy or (f"train that fold again (delete {path.parent} and run the training "
+                        "command)")
+    if not path.is_file():
+        raise PcamError(f"{path}: missing, though its fold finished; {remedy}")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise PcamError(f"cannot load {path} ({reason}); {remedy}") from None
+
+
+def load_model_with_info(path: Path, remedy: str | None = None):
+    """A saved model and its ``ModelInfo``: from ``model.json`` beside it, or,
+    for a model saved before model.json existed, PCam's facts and the
+    model's own input size. The two are checked against each other."""
+    path = Path(path)
+    model = load_fold_model(path, remedy)
+    outputs = model.output_shape[-1]
+    if info_path(path).is_file():
+        info = ModelInfo.from_json(info_path(path))
+    elif outputs == 1:
+        side = model.input_shape[1] or 0
+        info = ModelInfo(LEGACY_CLASSES, LEGACY_CLASSES[1], side, label_region=LEGACY_REGION)
+    else:
+        raise PcamError(f"{path} has {outputs} outputs and no model.json beside it naming "
+                        "its classes; copy the model.json of its run's fold folder beside it")
+    expected = 1 if info.binary else len(info.classes)
+    if outputs != expected:
+        raise PcamError(f"{path} gives {outputs} output(s) per image, but its model.json names "
+                        f"{len(info.classes)} classes ({', '.join(info.classes)}); are they "
+                        "from the same run?")
+    return model, info
+
+
+# --- what the folds predicted ---------------------------------------------------------
+
+def prob_columns(classes: Sequence[str]) -> list[str]:
+    """Probability columns of an OOF table: ``prob`` (of class 1) for two
+    classes, as PCam runs always had; ``prob_<class>`` per class for more."""
+    return ["prob"] if len(classes) == 2 else [f"prob_{c}" for c in classes]
+
+
+def probabilities(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """The probabilities of an OOF-style table: (N,) of class 1 for two
+    classes, (N, K) for K classes."""
+    columns = prob_columns(classes)
+    values = frame[columns].to_numpy(np.float64)
+    return values[:, 0] if len(classes) == 2 else values
+
+
+def read_oof(run_dir: Path, folds: Sequence[int]) -> pd.DataFrame:
+    """The out-of-fold predictions of ``folds``, concatenated (id, label, fold, probabilities)."""
+    return pd.concat([pd.read_csv(Path(run_dir) / f"fold_{k}" / "oof.csv", dtype={"id": str})
+                      for k in folds], ignore_index=True)
+
+
+def read_history(fold_dir: Path) -> pd.DataFrame:
+    """The fold's phases' CSV logs, in training order, with a ``phase`` column."""
+    logs = []
+    for phase in PHASES:
+        path = Path(fold_dir) / f"history_{phase}.csv"
+        if not path.is_file() or not path.stat().st_size:
+            continue
+        log = pd.read_csv(path)
+        if "epoch" in log:
+            # Two processes once appended the header twice; drop any repeated header row.
+            log = log[pd.to_numeric(log["epoch"], errors="coerce").notna()]
+            log = log.apply(pd.to_numeric, errors="coerce")
+            # A phase killed between its CSV row and its backup logs that epoch
+            # again when it resumes; the later row is the one training continued from.
+            log = log.drop_duplicates("epoch", keep="last")
+        logs.append(log.assign(phase=phase))
+    return pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()
+
+
+def resolve_target(target: str, info: ModelInfo) -> int | None:
+    """A Grad-CAM target as a class index: a class name; "predicted" -> None
+    (each image's own answer); "" -> the positive class of a two-class model,
+    else None."""
+    if target == "predicted" or (not target and not info.binary):
+        return None
+    if not target:
+        return 1
+    if target not in info.classes:
+        raise PcamError(f"--target {target}: not a class of this model; choose one of "
+                        f"{', '.join(info.classes)}, or predicted")
+    return info.classes.index(target)
