@@ -1,0 +1,88 @@
+"""What the CPU recipe reaches on class-folder datasets, on images each model never saw.
+
+    python benchmarks/folders_quality.py [--work DIR] [--only oral-oscc|ebhi-6class]
+
+Trains, through ``scripts/train.py`` like a user, 5-fold cross-validation of
+the CPU recipe below on ../shared/data/oral-oscc (binary) and
+../shared/data/ebhi-6class (6 imbalanced classes), and scores the pooled
+out-of-fold predictions: every image is predicted by the one fold model
+that did not train on it. The runs stay at ``DIR/runs/oral-oscc`` and
+``DIR/runs/ebhi-6class`` so that others can score them on images we have not
+seen (``scripts/predict.py --run DIR/runs/NAME --answers THEIR_FOLDERS/``).
+
+The CPU recipe: the compact CNN (``simple-cnn``, random initial weights, so
+no frozen phase), 96 px tiles (images centre-cropped and resized at ingest),
+one phase of EPOCHS epochs at peak learning rate 2e-3 with cosine decay,
+batch 32, the 8 dihedral views plus colour and stain jitter (Tellez et al.
+2019: HED stain and HSV augmentation generalise across stain batches),
+balanced class weights. Floors (issue 12): a logistic regression on colour
+statistics and a plain 4-block CNN at 96 px, 20 epochs, no colour
+augmentation, as measured by the maintainers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, table
+
+DATA = REPO.parent / "shared" / "data"
+EPOCHS = 30
+RECIPE = ["--backbone", "simple-cnn", "--weights", "none", "--epochs-frozen", "0",
+          "--epochs-finetune", str(EPOCHS), "--lr-finetune", "2e-3", "--batch-size", "32",
+          "--tile-size", "96", "--folds", "5", "--brightness", "0.1", "--contrast", "0.2",
+          "--saturation", "0.2", "--hue", "0.04", "--stain", "0.05"]
+TARGETS = {  # metric: (target, colour-statistics floor, plain-CNN floor)
+    "oral-oscc": {"auc": (0.96, 0.77, 0.92)},
+    "ebhi-6class": {"balanced_accuracy": (0.85, 0.65, 0.80), "auc": (0.97, 0.88, 0.96)},
+}
+EXTRA = {"oral-oscc": ["--positive", "OSCC"], "ebhi-6class": []}
+
+
+def train(name: str, work: Path) -> tuple[dict, float]:
+    """Train (or resume) the run of ``name``; its pooled OOF metrics and wall seconds."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"),
+                    "--data-dir", str(DATA / name), "--store-dir", str(work / "stores" / name),
+                    "--runs-dir", str(work / "runs"), "--run", name, *RECIPE, *EXTRA[name]],
+                   check=True)
+    seconds = time.perf_counter() - start
+    report = json.loads((work / "runs" / name / "report" / "metrics.json").read_text())
+    return report["groups"]["pooled"], seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/pcam-bench-quality"))
+    parser.add_argument("--only", choices=sorted(TARGETS))
+    args = parser.parse_args()
+    names = [args.only] if args.only else list(TARGETS)
+    for name in names:
+        if not (DATA / name).is_dir():
+            sys.exit(f"benchmark needs {DATA / name} (beside the repository for tests and "
+                     "benchmarks only); not found")
+    rows = []
+    for name in names:
+        pooled, seconds = train(name, args.work)
+        for metric, (target, colour, plain) in TARGETS[name].items():
+            value = pooled[metric]
+            low, high = (pooled.get("auc_low"), pooled.get("auc_high")) if metric == "auc" \
+                else (None, None)
+            ci = f" ({low:.3f}-{high:.3f})" if low is not None else ""
+            rows.append((name, "macro AUC" if metric == "auc" and name != "oral-oscc"
+                         else metric.replace("_", " "), f"{value:.4f}{ci}", f">= {target}",
+                         "met" if value >= target else "NOT met", colour, plain,
+                         f"{seconds / 60:.1f}"))
+    table("5-fold pooled out-of-fold, CPU recipe: " + " ".join(RECIPE), rows,
+          ("dataset", "metric", "pcam (95% CI)", "target", "", "colour stats", "plain CNN",
+           "minutes"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
