@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from pcam.errors import PcamError
+from pcam.models import backbone_of
 
 @dataclass(frozen=True)
 class Explainer:
@@ -54,10 +55,10 @@ def explainer(model: keras.Model) -> Explainer:
 
     A pcam model (``pcam.models.create_model``) is a chain of layers around a
     nested ``backbone``, whose own ``output`` belongs to its inner graph: the
-    chain's layers are called again on a new input, and the backbone's
-    output there is the feature map. Any other Keras model (a ``.keras`` file
-    from elsewhere) uses its last layer with a 4-D output, the
-    Grad-CAM paper's choice.
+    chain's layers are called again on a new input, with the backbone split
+    at the registry's ``last_conv_layer``, whose output is the feature map.
+    Any other Keras model (a ``.keras`` file from elsewhere) uses its last
+    layer with a 4-D output, the Grad-CAM paper's choice.
 
     Raises:
         PcamError: the model does not end in one sigmoid unit or a softmax
@@ -72,14 +73,19 @@ def explainer(model: keras.Model) -> Explainer:
                         f"layer (its last layer is a {type(output).__name__}): Grad-CAM here "
                         "explains tile classifiers such as pcam's")
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if any(layer.name == "backbone" for layer in layers):
+    spec = backbone_of(model)
+    if spec is not None and any(layer.name == "backbone" for layer in layers):
         inputs = keras.Input(model.input_shape[1:], dtype=model.inputs[0].dtype, name="tile")
         x = inputs
         for layer in layers[:-1]:
-            x = layer(x)
             if layer.name == "backbone":
-                features, name = x, layer.layers[-1].name  # the registry's last_conv_layer
-        return Explainer(keras.Model(inputs, [features, x]), output, name)
+                # The registry names the layer to weigh; the backbone is split there
+                # (for every registered backbone it is the backbone's own output).
+                conv = layer.get_layer(spec.last_conv_layer).output
+                features, x = keras.Model(layer.inputs, [conv, layer.outputs[0]])(x)
+            else:
+                x = layer(x)
+        return Explainer(keras.Model(inputs, [features, x]), output, spec.last_conv_layer)
     maps = [layer for layer in layers if len(layer.output.shape) == 4]
     if not maps:
         raise PcamError(f"model {model.name!r} has no layer with a feature map (a 4-D "

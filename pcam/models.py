@@ -266,7 +266,17 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
     units = 1 if num_classes == 2 else num_classes
     outputs = keras.layers.Dense(units, activation="sigmoid" if units == 1 else "softmax",
                                  dtype="float32", name="prediction")(x)
-    return keras.Model(inputs, outputs, name=f"pcam_{name.replace('-', '_')}")
+    return keras.Model(inputs, outputs, name=model_name(name))
+
+
+def model_name(backbone: str) -> str:
+    """The name ``create_model`` gives a model of ``backbone`` (kept in its .keras file)."""
+    return "pcam_" + backbone.replace("-", "_")
+
+
+def backbone_of(model: keras.Model) -> Backbone | None:
+    """The registry entry a pcam model was built with (from its name), or None."""
+    return next((b for b in BACKBONES.values() if model_name(b.name) == model.name), None)
 
 
 def _build_backbone(spec: Backbone, image_size: int, weights) -> keras.Model:

@@ -255,3 +255,44 @@ def test_answers_with_other_classes_are_refused(runs, tmp_path, capsys):
                          "--out", tmp_path / "x.csv", capsys=capsys)
     assert status == 2 and "must be classes of the run" in err
     assert not (tmp_path / "x.csv").exists()
+
+
+# --- the source scan: layouts and what it says ---------------------------------------
+
+def test_train_and_test_folders_hidden_files_and_the_positive_class(tmp_path):
+    from pcam.settings import DataSettings
+    from pcam.sources import read_source
+
+    root = tmp_path / "gastric"
+    _two_classes(root / "train")
+    _two_classes(root / "test", n=2)
+    (root / "train" / "benign" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "train" / "__MACOSX").mkdir()
+    (root / "train" / "__MACOSX" / "x.png").write_bytes(b"junk")
+    (root / "train" / "malignant" / "notes.txt").write_text("scanned 2024")
+    source = read_source(DataSettings(data_dir=str(root), positive="benign"))
+    assert source.kind == "folders" and source.classes == ("malignant", "benign")
+    assert source.positive == "benign" and source.tile_size == 40
+    assert len(source.train.ids) == 8 and source.test.labelled and len(source.test.ids) == 4
+    assert source.train.labels[source.train.ids.index("benign/0.png")] == 1
+    assert "2 classes (malignant 4, benign 4)" in source.summary
+    assert "positive class: benign" in source.summary and "notes.txt" in source.summary
+
+    shutil.rmtree(root / "test")
+    (root / "test").mkdir()
+    Image.fromarray(np.zeros((64, 48, 3), np.uint8)).save(root / "test" / "new.jpg")
+    source = read_source(DataSettings(data_dir=str(root), tile_size=32))
+    assert source.test.ids == ("new.jpg",) and not source.test.labelled
+    assert "1 image(s) centre-cropped to a square, 9 resized" in source.summary
+
+
+def test_a_kaggle_folder_is_recognised_and_a_file_is_not_a_data_dir(layout, tmp_path):
+    from pcam.errors import PcamError
+    from pcam.settings import DataSettings
+    from pcam.sources import read_source
+
+    assert read_source(DataSettings(data_dir=str(layout))).kind == "kaggle"
+    with pytest.raises(PcamError, match="a file, not a folder"):
+        read_source(DataSettings(data_dir=str(layout / "train_labels.csv")))
+    with pytest.raises(PcamError, match="--positive normal: in the Kaggle layout"):
+        read_source(DataSettings(data_dir=str(layout), positive="normal"))

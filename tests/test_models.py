@@ -229,3 +229,10 @@ def test_output_stays_float32_under_mixed_precision():
     assert model.get_layer("backbone").get_layer("block1_conv").compute_dtype == "float16"
     assert model.output.dtype == "float32" and probabilities.dtype == np.float32
     assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_a_backbone_name_is_registered_once():
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_backbone(models.BACKBONES["simple-cnn"])
+    model = models.create_model("simple-cnn", image_size=32, weights="none")
+    assert models.backbone_of(model) is models.BACKBONES["simple-cnn"]
