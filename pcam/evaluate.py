@@ -28,7 +28,7 @@ import pandas as pd
 from pcam import figures, metrics, report
 from pcam.errors import PcamError
 from pcam.inference import finished_folds, load_run, read_answers
-from pcam.io import atomic_write_text
+from pcam.io import atomic_write_text, read_csv_log
 from pcam.settings import EvaluateSettings, RunSettings, to_dict
 from pcam.store import Store, open_store
 
@@ -148,10 +148,10 @@ def read_history(fold_dir: Path, config: RunSettings) -> pd.DataFrame:
     """The fold's phases' CSV logs, in training order, with a ``phase`` column."""
     from pcam.training import phases  # training imports TensorFlow: only when needed
 
-    logs = [pd.read_csv(fold_dir / f"history_{p.name}.csv").assign(phase=p.name)
-            for p in phases(config.train)
-            if (fold_dir / f"history_{p.name}.csv").is_file()
-            and (fold_dir / f"history_{p.name}.csv").stat().st_size]
+    # read_csv_log: a log appended to by two processes repeats its header.
+    logs = [read_csv_log(fold_dir / f"history_{p.name}.csv").assign(phase=p.name)
+            for p in phases(config.train)]
+    logs = [log for log in logs if "epoch" in log.columns]
     if not logs:
         return pd.DataFrame()
     # A phase killed between its CSV row and its backup logs that epoch again

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pcam import competition
+from pcam import competition, locks
 from pcam.competition import TILE_SHAPE, Split, read_competition
 from pcam.errors import PcamError
 from pcam.io import atomic_write_text
@@ -115,7 +115,16 @@ def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False) ->
 
 
 def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -> Store:
-    """Ingest ``split`` into a store at ``out``, reusing or resuming what is there."""
+    """Ingest ``split`` into a store at ``out``, reusing or resuming what is there.
+
+    One process at a time per store folder (``pcam.locks``): a second one
+    would delete the first one's temporary shards.
+    """
+    with locks.exclusive(out, f"tile store {out}"):
+        return _build_store(split, out, settings, quiet)
+
+
+def _build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -> Store:
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     fp = fingerprint(split)
     manifest = out / "manifest.json"

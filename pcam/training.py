@@ -17,13 +17,13 @@ and continues an unfinished phase from its last finished epoch
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pcam import distribute, metrics
+from pcam import checkpoints, distribute, locks, metrics
 from pcam.competition import read_competition
 from pcam.evaluate import evaluate
 from pcam.errors import PcamError
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
 from pcam.inference import load_fold_model
-from pcam.io import atomic_write_text
+from pcam.io import atomic_write_text, read_csv_log
 from pcam.models import (TILE_SIZE, count_trainable_weights, create_model, get_backbone,
                          set_backbone_trainable)
 from pcam.pipeline import eval_dataset, train_dataset
@@ -93,13 +93,32 @@ def run_cv(settings: RunSettings) -> dict | None:
     strategy = distribute.make_strategy(settings.device.strategy)
     chief = distribute.is_chief(strategy)
     run_dir = settings.run_dir
+    # One process per run: a second one would train the same fold into the
+    # same files. Only the chief writes the run; other workers never lock it.
+    with _run_lock(run_dir) if chief else contextlib.nullcontext():
+        return _train_folds(settings, strategy, chief)
+
+
+def _run_lock(run_dir: Path):
+    """The run's lock (``pcam.locks``), in a run folder made here if need be."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
+                        "choose another --runs-dir") from None
+    return locks.exclusive(run_dir, f"run {run_dir}")
+
+
+def _train_folds(settings: RunSettings, strategy, chief: bool) -> dict | None:
+    """The body of ``run_cv``, under the run's lock."""
+    run_dir = settings.run_dir
+    k_all = settings.folds.folds
     if distribute.is_multi_worker(strategy):
         store = _built_store(settings.data)
     else:
         store = prepare(settings.data, splits=("train",))["train"]
     if chief:
-        _check_or_write_config(settings, run_dir)
-        folds = load_or_assign(run_dir / "folds.csv", store.index(), settings.folds)
+        folds = _check_or_write_config(settings, run_dir, store.index())
     else:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds)
@@ -127,26 +146,70 @@ def _built_store(data: DataSettings) -> Store:
     return open_store(path)
 
 
-def _check_or_write_config(settings: RunSettings, run_dir: Path) -> None:
+def _check_or_write_config(settings: RunSettings, run_dir: Path,
+                           index: pd.DataFrame) -> pd.DataFrame:
+    """Check a resumed run's settings, or check a new run's and write them.
+
+    A run whose first epoch has not finished (a command refused, or stopped
+    early) takes the new settings: nothing trained depends on the old ones.
+    Everything that could refuse the command is checked before anything is
+    written, so a refused command never ties its run name to its settings.
+
+    Returns:
+        The run's folds (id, label, fold).
+    """
     config = run_dir / "config.json"
     if config.is_file():
         try:
             saved = to_dict(from_json(RunSettings, config))
         except (PcamError, TypeError, json.JSONDecodeError) as err:
             raise PcamError(f"{config} is not a pcam config ({err}); use a new --run") from None
-        now = to_dict(settings)
-        changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
-                   for key in now[section] if now[section][key] != saved[section][key]]
-        if changed:
-            raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
-                            "resume it with the same settings or choose a new --run")
-        return
+        if _epoch_finished(run_dir):
+            _refuse_changes(settings, saved, run_dir)
+            return load_or_assign(run_dir / "folds.csv", index, settings.folds)
+    _check_model(settings)
+    folds = assign_folds(subset(index, settings.folds.max_tiles, settings.folds.seed),
+                         settings.folds)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         to_json(settings, config)
+        atomic_write_text(run_dir / "folds.csv", folds.to_csv(index=False))
     except OSError as err:
         raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
                         "choose another --runs-dir") from None
+    return folds
+
+
+def _epoch_finished(run_dir: Path) -> bool:
+    """Whether any epoch of the run has finished (a logged row or a best model)."""
+    for fold_dir in run_dir.glob("fold_*"):
+        if (fold_dir / "best.keras").exists() or (fold_dir / "metrics.json").exists():
+            return True
+        if any(len(read_csv_log(p)) for p in fold_dir.glob("history_*.csv")):
+            return True
+    return False
+
+
+def _check_model(settings: RunSettings) -> None:
+    """Build the model once, outside any strategy, to refuse what would fail
+    later: an unknown backbone, an image size it cannot take, a missing
+    weights file, ImageNet weights that cannot be fetched, --unfreeze N of
+    a backbone with fewer blocks."""
+    m = settings.model
+    model = create_model(m.backbone, image_size=m.image_size,
+                         tile_size=settings.augment.centre_crop or TILE_SIZE,
+                         weights=m.weights, dense_units=m.dense_units, dropout=m.dropout)
+    set_backbone_trainable(model, phases(settings.train)[-1].trainable)
+    del model
+
+
+def _refuse_changes(settings: RunSettings, saved: dict, run_dir: Path) -> None:
+    """Refuse settings that differ from a started run's in what is trained."""
+    now = to_dict(settings)
+    changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
+               for key in now[section] if now[section][key] != saved[section].get(key)]
+    if changed:
+        raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
+                        "resume it with the same settings or choose a new --run")
 
 
 def split_positions(store: Store, folds: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +260,7 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     for phase in phases(settings.train):
         done = fold_dir / f"{phase.name}.done"
         if best.is_file():
-            _load_best(model, best)  # hand-over: each phase starts from the best so far
+            checkpoints.load_weights(model, best, fold_dir)  # hand-over: each phase starts from the best so far
         if done.is_file() or phase.epochs == 0:
             continue
         with strategy.scope():
@@ -222,7 +285,7 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
             return {}
         model = load_fold_model(best)
     elif best.is_file():
-        _load_best(model, best)
+        checkpoints.load_weights(model, best, fold_dir)
     return _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings)
 
 
@@ -232,15 +295,6 @@ def _verbosity(chief: bool) -> int:
     if not chief:
         return 0
     return 1 if sys.stdout.isatty() else 2
-
-
-def _load_best(model, best: Path) -> None:
-    """Load the best weights so far. The file also holds the optimizer state of
-    the phase that saved it; a new phase compiles a fresh optimizer, so Keras'
-    warning that it skips those variables is expected and silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(best)
 
 
 def _compile(model, phase: Phase, settings: RunSettings, steps: int) -> None:
@@ -257,8 +311,9 @@ def _compile(model, phase: Phase, settings: RunSettings, steps: int) -> None:
 
 def best_auc(fold_dir: Path) -> float | None:
     """The best validation AUC logged in any phase of this fold so far."""
-    values = [pd.read_csv(p)["val_auc"].max() for p in fold_dir.glob("history_*.csv")
-              if p.stat().st_size and "val_auc" in pd.read_csv(p, nrows=0).columns]
+    # read_csv_log: a log appended to twice repeats its header mid-file.
+    logs = [read_csv_log(p) for p in fold_dir.glob("history_*.csv")]
+    values = [log["val_auc"].max() for log in logs if "val_auc" in log.columns]
     values = [v for v in values if not math.isnan(v)]
     return max(values) if values else None
 
@@ -277,8 +332,11 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     callbacks = [
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
-        keras.callbacks.ModelCheckpoint(fold_dir / "best.keras", monitor="val_auc", mode="max",
-                                        save_best_only=True, initial_value_threshold=best_so_far),
+        # Written under a temporary name and renamed (pcam.checkpoints): a process
+        # killed mid-write never leaves a truncated best.keras.
+        checkpoints.AtomicModelCheckpoint(fold_dir / "best.keras", monitor="val_auc", mode="max",
+                                          save_best_only=True,
+                                          initial_value_threshold=best_so_far),
         # Under cosine decay the first half of a phase runs at a high learning
         # rate and validation AUC swings: the CPU recipe's read 0.882, 0.874,
         # 0.840, 0.881 over epochs 1-4 of 12 while training AUC rose from 0.87
@@ -290,7 +348,14 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
         keras.callbacks.CSVLogger(fold_dir / f"history_{phase.name}.csv", append=True),
     ]
     if backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(fold_dir / f"backup_{phase.name}"))
+        best = fold_dir / "best.keras"
+
+        def restart(model):  # an unreadable backup: the phase starts from the best so far
+            if best.is_file():
+                checkpoints.load_weights(model, best, fold_dir)
+
+        callbacks.append(checkpoints.AtomicBackupAndRestore(fold_dir / f"backup_{phase.name}",
+                                                            restart=restart))
     if phase.trainable is not False and train.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max",
                                                            factor=0.5, patience=1))

@@ -271,3 +271,30 @@ def test_resnet50_two_phases_counts_batchnorm_and_hand_over(layout_cache, tmp_pa
     assert finetune["trainable"] == head + finetune["backbone_trainable"]
     assert finetune["bn_count"] == 53 and finetune["bn_trainable"] == 0
     assert frozen["same_as_best"] is False and finetune["same_as_best"] is True
+
+
+@pytest.mark.parametrize("model, message", [
+    (ModelSettings(backbone="resnet51", weights="none"), "unknown backbone"),
+    (ModelSettings(backbone="simple-cnn", weights="none", image_size=4), "too small"),
+    (ModelSettings(backbone="simple-cnn", weights="missing.weights.h5"), "not found"),
+])
+def test_a_refused_command_does_not_tie_its_run_name(layout_cache, tmp_path, model, message):
+    """Checks come before config.json and folds.csv are written, and a run with
+    no finished epoch takes the corrected command's settings."""
+    refused = tiny(layout_cache, tmp_path, fold=0, report=False, model=model)
+    with pytest.raises(PcamError, match=message):
+        run_cv(refused)
+    assert not (refused.run_dir / "config.json").exists()
+    assert not (refused.run_dir / "folds.csv").exists()
+    # A run stopped before its first epoch ended, under other settings:
+    stopped = tiny(layout_cache, tmp_path, fold=0, report=False,
+                   folds=FoldSettings(folds=3, seed=1))
+    from pcam.settings import to_json
+    refused.run_dir.mkdir(parents=True, exist_ok=True)
+    to_json(stopped, refused.run_dir / "config.json")
+    corrected = tiny(layout_cache, tmp_path, fold=0, report=False,
+                     train=TrainSettings(epochs_frozen=0, epochs_finetune=1))
+    run_cv(corrected)
+    assert json.loads((corrected.run_dir / "config.json").read_text())["folds"]["folds"] == 2
+    assert pd.read_csv(corrected.run_dir / "folds.csv")["fold"].max() == 1
+    assert (corrected.run_dir / "fold_0" / "metrics.json").is_file()
