@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from pcam import competition, locks
 from pcam.competition import TILE_SHAPE, Split, read_competition
 from pcam.errors import PcamError
-from pcam.io import atomic_write_text
+from pcam.io import atomic_write_text, remove_stale_temporaries
 from pcam.settings import DataSettings
 from pcam.tiles import decode_tile
 
@@ -110,6 +110,8 @@ def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False) ->
         ``{"train": Store, "test": Store}`` (the splits asked for).
     """
     found = dict(zip(("train", "test"), read_competition(Path(settings.data_dir))))
+    for split in found.values():
+        refuse_tile_folder(settings.store_path, split.tile_dir)
     return {name: build_store(found[name], settings.store_path / name, settings, quiet=quiet)
             for name in splits}
 
@@ -120,8 +122,30 @@ def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) ->
     One process at a time per store folder (``pcam.locks``): a second one
     would delete the first one's temporary shards.
     """
+    refuse_tile_folder(out, split.tile_dir)
     with locks.exclusive(out, f"tile store {out}"):
         return _build_store(split, out, settings, quiet)
+
+
+def refuse_tile_folder(store: Path, tile_dir: Path) -> None:
+    """Refuse a store folder that is, or contains, a folder of source tiles:
+    the store would write its shards among the user's tiles and clean up there."""
+    store, tiles = Path(store).resolve(), Path(tile_dir).resolve()
+    if store == tiles or store in tiles.parents:
+        raise PcamError(f"--store-dir {store} is or contains the tile folder {tiles}; "
+                        "choose a folder of its own for the tile store (default: the "
+                        "competition folder's store/)")
+
+
+def _remove_leftovers(out: Path, fp: str) -> None:
+    """Delete what a store folder holds that no build of fingerprint ``fp`` uses:
+    pcam's temporary files of processes that are gone, and other fingerprints'
+    shards and their lists of bad tiles. Nothing else: a hidden file that is
+    not pcam's own temporary file is left alone."""
+    remove_stale_temporaries(out)
+    for stale in out.glob("shard-*.tfrecord*"):
+        if fp not in stale.name and (stale.suffix == ".tfrecord" or stale.name.endswith(".bad.csv")):
+            stale.unlink()
 
 
 def _build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -> Store:
@@ -136,9 +160,7 @@ def _build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -
         say(f"{split.name}: the source files changed since {out} was built; rebuilding it")
         manifest.unlink()  # first, so that an interrupted rebuild is never taken for complete
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():  # other fingerprints' shards, temporary files of a killed run
-        if stale.name.startswith(".") or (stale.suffix == ".tfrecord" and fp not in stale.name):
-            stale.unlink()
+    _remove_leftovers(out, fp)
 
     chunks = [split.ids[i:i + settings.shard_tiles]
               for i in range(0, len(split.ids), settings.shard_tiles)] or [()]

@@ -38,7 +38,7 @@ from pcam.evaluate import evaluate
 from pcam.errors import PcamError
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
 from pcam.inference import load_fold_model
-from pcam.io import atomic_write_text, read_csv_log
+from pcam.io import atomic_write_text, read_csv_log, remove_stale_temporaries
 from pcam.models import (TILE_SIZE, count_trainable_weights, create_model, get_backbone,
                          set_backbone_trainable)
 from pcam.pipeline import eval_dataset, train_dataset
@@ -119,6 +119,9 @@ def _train_folds(settings: RunSettings, strategy, chief: bool) -> dict | None:
         store = prepare(settings.data, splits=("train",))["train"]
     if chief:
         folds = _check_or_write_config(settings, run_dir, store.index())
+        # Temporary files of killed processes (we hold the run's lock: none is live).
+        for folder in [run_dir, *run_dir.glob("fold_*"), *run_dir.glob("fold_*/backup_*")]:
+            remove_stale_temporaries(folder)
     else:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds)

@@ -201,3 +201,43 @@ def test_skip_bad_leaves_tiles_out(layout):
 def test_open_store_without_manifest_says_what_to_do(tmp_path):
     with pytest.raises(PcamError, match="scripts/prepare.py"):
         open_store(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["data", "train"])
+def test_store_in_a_tile_folder_is_refused_and_touches_nothing(layout, where):
+    store = layout if where == "data" else layout / "train"
+    (layout / "train" / ".user-notes").write_text("mine")
+    before = sorted(p.name for p in (layout / "train").iterdir())
+    with pytest.raises(PcamError, match="is or contains the tile folder"):
+        prepare(DataSettings(data_dir=str(layout), store_dir=str(store), workers=1))
+    assert sorted(p.name for p in (layout / "train").iterdir()) == before
+    assert (layout / "train" / ".user-notes").read_text() == "mine"
+
+
+def dead_pid() -> int:
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                             capture_output=True, text=True, check=True)
+    return int(process.stdout)
+
+
+def test_clean_up_deletes_only_dead_processes_temporaries(layout):
+    out = layout / "store" / "train"
+    out.mkdir(parents=True)
+    keep = {".user-notes": "mine", ".index.csv.tmp-1": "pid 1 is alive",
+            "notes.txt": "mine too"}
+    gone = {f".shard-x-00000-of-00001.tfrecord.tmp-{dead_pid()}": "half a shard",
+            f".index.csv.tmp-{dead_pid()}": "half an index",
+            "shard-0123456789abcdef-00000-of-00001.tfrecord": "another fingerprint's"}
+    for name, text in {**keep, **gone}.items():
+        (out / name).write_text(text)
+    prepare(DataSettings(data_dir=str(layout), workers=1), splits=("train",), quiet=True)
+    for name, text in keep.items():
+        assert (out / name).read_text() == text
+    for name in gone:
+        assert not (out / name).exists(), name
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(PcamError, match="is a file, not a folder"):
+        prepare(DataSettings(data_dir=str(tmp_path / "data")))
