@@ -22,6 +22,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,8 +253,23 @@ def _pool(workers: int):
         yield None
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    # Leaving the block terminates the workers, on Ctrl-C too (they ignore it).
+    with multiprocessing.get_context(method).Pool(workers, initializer=_worker_init) as pool:
         yield pool
+
+
+def _worker_init() -> None:
+    """Set up a decoding worker: Ctrl-C is the parent's to handle.
+
+    A terminal's Ctrl-C reaches every process of the group. A worker that got
+    KeyboardInterrupt itself could die inside multiprocessing's result queue
+    with its lock held, and the parent then waited for it forever (2 of 12
+    tries); ignoring SIGINT here leaves the parent to terminate the pool.
+    A forked worker also closes its copy of the store's lock, which would
+    otherwise outlive the parent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    locks.close_inherited()
 
 
 def _example(image: bytes, tile_id: str, label: int, index: int) -> bytes:

@@ -220,3 +220,43 @@ def test_history_with_a_repeated_header_is_read(tmp_path):
     log = "epoch,auc,loss,val_auc,val_loss\n0,0.7,0.6,0.71,0.62\n"
     (tmp_path / "history_finetune.csv").write_text(log + log + "1,0.8,0.5,0.7")  # + a half line
     assert best_auc(tmp_path) == pytest.approx(0.71)
+
+
+# --- 8. Ctrl-C during a parallel ingest --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big_layout(tmp_path_factory):
+    """4,000 real train tiles: an ingest long enough (a few seconds) to interrupt."""
+    from conftest import make_layout
+    return make_layout(tmp_path_factory.mktemp("big") / "comp", train=4000, test=10)
+
+
+def test_ctrl_c_during_a_parallel_ingest_exits_at_once_and_keeps_finished_shards(
+        big_layout, tmp_path):
+    store = tmp_path / "store"
+    args = [sys.executable, str(SCRIPTS / "prepare.py"), "--data-dir", str(big_layout),
+            "--store-dir", str(store), "--shard-tiles", "50", "--workers", "2"]
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches the
+    # parent and both workers at once.
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    wait_for(lambda: len(list((store / "train").glob("shard-*.tfrecord"))) >= 2, process,
+             what="two finished shards")
+    os.killpg(process.pid, signal.SIGINT)
+    started = time.monotonic()
+    try:
+        _, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("Ctrl-C did not end the ingest within 20 s")
+    assert time.monotonic() - started < 10
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "finished work is kept" in err
+    with pytest.raises(ProcessLookupError):  # no worker left behind
+        os.killpg(process.pid, 0)
+    done = len(list((store / "train").glob("shard-*.tfrecord")))
+    assert done >= 2 and not (store / "train" / "manifest.json").exists()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming, {done} of 80 shards already done" in again.stdout
+    assert not list((store / "train").glob(".*tmp-*"))  # the killed workers' halves are gone
