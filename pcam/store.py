@@ -88,20 +88,77 @@ def open_store(path: Path) -> Store:
 
 def fingerprint(split: Split) -> str:
     """Hash of what the store is built from: ids, labels and order, plus the
-    names of the tile files. Names, not stat() of 220k files, so that an
-    up-to-date store is recognised in well under a second."""
+    names, sizes and modification times of the tile files (``listing_stats``),
+    so that a tile repaired or replaced in place rebuilds the store."""
     digest = hashlib.sha256()
     digest.update(f"{FORMAT}|{split.name}|{TILE_SHAPE}".encode())
     digest.update("\n".join(split.ids).encode())
     digest.update(np.asarray(split.labels, np.int64).tobytes())
-    digest.update("\n".join(sorted(competition.list_tiles(split.tile_dir))).encode())
+    names = sorted(competition.list_tiles(split.tile_dir))
+    digest.update("\n".join(names).encode())
+    digest.update(listing_stats(split.tile_dir / f"{name}.tif" for name in names))
     return digest.hexdigest()[:16]
+
+
+def listing_stats(paths) -> bytes:
+    """Size and modification time (ns) of each file, in the order given, as bytes
+    for a fingerprint: one ``os.stat`` per file, and nothing read. A file that
+    cannot be stat'ed counts as size and time -1.
+    """
+    stats = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stats.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((-1, -1))
+    return np.asarray(stats, np.int64).reshape(-1, 2).tobytes()
+
+
+def shard_problems(store: Store) -> list[str]:
+    """Shard files of a finished store that are missing or not the size the
+    manifest records (stores written before sizes were recorded: missing only)."""
+    problems = []
+    for shard in store.manifest["shards"]:
+        path = store.path / shard["file"]
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"{shard['file']} missing")
+            continue
+        if "bytes" in shard and size != shard["bytes"]:
+            problems.append(f"{shard['file']} has {size:,} bytes, {shard['bytes']:,} expected")
+    return problems
+
+
+def check_shards(store: Store) -> Store:
+    """``store``, once its shard files are all there at their recorded sizes;
+    else a PcamError saying to rebuild it."""
+    problems = shard_problems(store)
+    if problems:
+        raise PcamError(f"the tile store {store.path} is damaged ({'; '.join(problems[:3])}"
+                        f"{' ...' if len(problems) > 3 else ''}); run python scripts/prepare.py "
+                        "again to rebuild what is wrong")
+    return store
+
+
+def _repaired(split: Split, out: Path) -> list[str]:
+    """Ids of tiles listed in the store's bad_tiles.csv that now decode well."""
+    bad = out / "bad_tiles.csv"
+    if not bad.is_file() or not bad.stat().st_size:
+        return []
+    ids = pd.read_csv(bad, dtype=str)["id"]
+    return [i for i in ids if (split.tile_dir / f"{i}.tif").is_file()
+            and not decode_tile(split.tile_dir / f"{i}.tif")[1]]
 
 
 def is_current(split: Split, out: Path) -> bool:
     """True when a finished store at ``out`` was built from exactly these files."""
     manifest = Path(out) / "manifest.json"
-    return manifest.is_file() and open_store(out).manifest["fingerprint"] == fingerprint(split)
+    if not manifest.is_file():
+        return False
+    store = open_store(out)
+    return store.manifest["fingerprint"] == fingerprint(split) and not shard_problems(store)
 
 
 def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False) -> dict[str, Store]:
@@ -126,6 +183,25 @@ def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) ->
     refuse_tile_folder(out, split.tile_dir)
     with locks.exclusive(out, f"tile store {out}"):
         return _build_store(split, out, settings, quiet)
+
+
+def _stale_parts(split: Split, out: Path, store: Store, say) -> list[Path] | None:
+    """What of a store with the right fingerprint must be rebuilt, said: None
+    when nothing; else the files to delete (shards missing or of the wrong
+    size; every shard when tiles once left out as bad now read well)."""
+    repaired = _repaired(split, out)
+    if repaired:
+        say(f"{split.name}: {len(repaired)} tile(s) left out as bad now read well "
+            f"(e.g. {repaired[0]}); rebuilding {out}")
+        return [p for s in store.manifest["shards"]
+                for p in (out / s["file"], out / f"{s['file']}.bad.csv")]
+    problems = shard_problems(store)
+    if problems:
+        say(f"{split.name}: {len(problems)} shard file(s) of {out} missing or damaged "
+            f"({problems[0]}); rebuilding them")
+        return [out / s["file"] for s in store.manifest["shards"]
+                if any(p.startswith(s["file"]) for p in problems)]
+    return None
 
 
 def refuse_tile_folder(store: Path, tile_dir: Path) -> None:
@@ -156,10 +232,16 @@ def _build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -
     if manifest.is_file():
         store = open_store(out)
         if store.manifest["fingerprint"] == fp:
-            say(f"{split.name} store up to date: {out} ({store.n_tiles:,} tiles)")
-            return store
-        say(f"{split.name}: the source files changed since {out} was built; rebuilding it")
-        manifest.unlink()  # first, so that an interrupted rebuild is never taken for complete
+            stale = _stale_parts(split, out, store, say)
+            if stale is None:
+                say(f"{split.name} store up to date: {out} ({store.n_tiles:,} tiles)")
+                return store
+            manifest.unlink()  # first, so that an interrupted rebuild is never taken for complete
+            for path in stale:
+                path.unlink(missing_ok=True)
+        else:
+            say(f"{split.name}: the source files changed since {out} was built; rebuilding it")
+            manifest.unlink()  # first, so that an interrupted rebuild is never taken for complete
     out.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out, fp)
 
@@ -315,7 +397,9 @@ def _finish(split, out, chunks, names, fp, bad, say) -> Store:
         "n_tiles": len(index),
         "label_counts": {str(k): int(v) for k, v in counts.items()},
         "tile_shape": list(TILE_SHAPE),
-        "shards": [{"file": name, "n_tiles": sum(t not in left_out for t in chunk)}
+        # Sizes let a re-run see a shard deleted or cut short (shard_problems).
+        "shards": [{"file": name, "n_tiles": sum(t not in left_out for t in chunk),
+                    "bytes": (out / name).stat().st_size}
                    for name, chunk in zip(names, chunks)],
         "bad_tiles": len(bad),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
