@@ -3,14 +3,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pcam.errors import PcamError
-from pcam.settings import (DataSettings, DeviceSettings, FoldSettings, InputSettings,
+from pcam.settings import (DataSettings, FoldSettings, InputSettings,
                            ModelSettings, RunSettings, TrainSettings)
 from pcam.training import run_cv
 
@@ -133,7 +132,7 @@ def test_unknown_backbone_lists_the_valid_ones(layout_cache, tmp_path):
     result = run_script("--data-dir", str(layout_cache), "--store-dir", str(tmp_path / "s"),
                         "--runs-dir", str(tmp_path / "runs"), "--backbone", "resnet51")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    error = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "resnet51" in error[0] and "resnet50" in error[0] \
         and "simple-cnn" in error[0]
 
@@ -250,12 +249,13 @@ def test_resnet50_two_phases_counts_batchnorm_and_hand_over(layout_cache, tmp_pa
     class Spy(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             backbone = self.model.get_layer("backbone")
-            norms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+            norms = [layer for layer in backbone.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)]
             best = settings.run_dir / "fold_0" / "best.keras"
             seen.append({
                 "trainable": sum(int(np.prod(w.shape)) for w in self.model.trainable_weights),
                 "backbone_trainable": sum(int(np.prod(w.shape)) for w in backbone.trainable_weights),
-                "bn_trainable": sum(l.trainable for l in norms),
+                "bn_trainable": sum(layer.trainable for layer in norms),
                 "bn_count": len(norms),
                 "same_as_best": best.is_file() and all(
                     np.array_equal(a, b) for a, b in zip(
