@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -49,8 +50,38 @@ def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def _close_h5(path: Path) -> None:
+    """Close h5py's handles on ``path`` left open by a write that failed.
+
+    On a full disk Keras' ``save_weights`` raises with its h5py file still
+    open, kept alive by the traceback; h5py then closes it while the
+    interpreter exits, the flush fails again and the process segfaulted
+    (exit 139). Closed here, nothing is left for the exit.
+    """
+    try:
+        import h5py
+    except ImportError:  # Keras without h5py writes no h5 file
+        return
+    target = os.fsencode(os.path.abspath(path))
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            if os.path.abspath(fid.name) == target:
+                # HDF5 flushes on close and cannot close what it cannot flush:
+                # give the half-written file's blocks back first (it is deleted
+                # anyway), so that the flush of a few KiB fits.
+                os.truncate(path, 0)
+                fid.close()
+        except Exception:  # noqa: BLE001 -- best effort: the write has failed already
+            pass
+
+
 def _unwritable(path: Path, err: OSError) -> PcamError:
-    return PcamError(f"cannot write {path}: {err.strerror or err}; free space or fix the "
+    """The one-line error of a checkpoint that cannot be written."""
+    # h5py's strerror is its whole many-line report: say what the errno means instead.
+    found = re.search(r"errno = (\d+)", str(err))
+    errno = err.errno or (int(found[1]) if found else None)
+    why = os.strerror(errno) if errno else str(err).splitlines()[0]
+    return PcamError(f"cannot write {path}: {why}; free space or fix the "
                      "folder's permissions, then run the same command again to resume")
 
 
@@ -66,6 +97,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             if tmp.exists():  # absent when this epoch was not an improvement
                 _replace(tmp, final)
         except OSError as err:
+            _close_h5(tmp)
             raise _unwritable(final, err) from None
         finally:
             self.filepath = str(final)
@@ -101,6 +133,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                                                 "batch": self._last_batch_seen}))
             _replace(tmp_metadata, metadata)
         except OSError as err:
+            _close_h5(tmp_weights)
             raise _unwritable(weights, err) from None
         finally:
             tmp_weights.unlink(missing_ok=True)

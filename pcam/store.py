@@ -307,13 +307,16 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, list]:
 
     tmp = job.out / f".{job.name}.tmp-{os.getpid()}"
     bad = []
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for k, (tile_id, label) in enumerate(zip(job.ids, job.labels)):
-            image, problem = decode_tile(job.tile_dir / f"{tile_id}.tif")
-            if problem:
-                bad.append((tile_id, problem))
-            else:
-                writer.write(_example(image.tobytes(), tile_id, label, job.first_index + k))
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for k, (tile_id, label) in enumerate(zip(job.ids, job.labels)):
+                image, problem = decode_tile(job.tile_dir / f"{tile_id}.tif")
+                if problem:
+                    bad.append((tile_id, problem))
+                else:
+                    writer.write(_example(image.tobytes(), tile_id, label, job.first_index + k))
+    except (OSError, tf.errors.OpError) as err:  # a full disk: ResourceExhaustedError
+        raise _unwritable_shard(job, tmp, err) from None
     if bad and not job.skip_bad:
         tmp.unlink()
     else:
@@ -321,6 +324,15 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, list]:
             _write_bad(job.out / f"{job.name}.bad.csv", bad)
         os.replace(tmp, job.out / job.name)
     return job.name, len(job.ids), bad
+
+
+def _unwritable_shard(job: _ShardJob, tmp: Path, err: Exception) -> PcamError:
+    """The one-line error of a shard that cannot be written; its half is deleted."""
+    tmp.unlink(missing_ok=True)
+    why = getattr(err, "strerror", None) or str(getattr(err, "message", err)).split("; ")[-1]
+    return PcamError(f"cannot write the tile store shard {job.out / job.name}: {why}; free "
+                     f"space there or choose another --store-dir (finished shards are kept, "
+                     "run the same command again to resume)")
 
 
 @contextlib.contextmanager

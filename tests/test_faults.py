@@ -260,3 +260,64 @@ def test_ctrl_c_during_a_parallel_ingest_exits_at_once_and_keeps_finished_shards
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming, {done} of 80 shards already done" in again.stdout
     assert not list((store / "train").glob(".*tmp-*"))  # the killed workers' halves are gone
+
+
+# --- 7. a full disk ----------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mounted at tmp_path/disk; ``small_disk(size)`` (re)sizes it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = []
+
+    def size(megabytes):
+        options = f"size={megabytes}m" + (",remount" if mounted else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)],
+                                capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"a full disk needs a tmpfs, and mounting one is not permitted here "
+                        f"({result.stderr.strip() or result.returncode})")
+        mounted.append(True)
+        return disk
+
+    yield size
+    if mounted:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_full_disk_while_ingesting_is_one_line_and_resumes(layout_cache, small_disk):
+    disk = small_disk(2)  # the 300 tiles need 8 MB
+    args = [sys.executable, str(SCRIPTS / "prepare.py"), "--data-dir", str(layout_cache),
+            "--store-dir", str(disk / "store"), "--shard-tiles", "50", "--workers", "2"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    error = one_error_line(result)
+    assert "No space left on device" in error and "--store-dir" in error
+    done = sorted(p.name for p in (disk / "store" / "train").glob("shard-*.tfrecord"))
+    small_disk(40)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    if done:
+        assert f"resuming, {len(done)} of 6 shards" in again.stdout
+    assert not list((disk / "store" / "train").glob(".*tmp-*"))
+
+
+def test_full_disk_while_training_is_one_line_keeps_best_and_resumes(layout_cache, tmp_path,
+                                                                      small_disk):
+    """9 MB: the first best.keras (5.6 MB) fits, its backup does not. Before the
+    fix: a traceback, then a segfault (exit 139) as h5py closed the file at exit."""
+    disk = small_disk(9)
+    args = ["--data-dir", str(layout_cache), "--store-dir", str(tmp_path / "store"),
+            "--runs-dir", str(disk / "runs"), "--run", "r", "--folds", "2", "--fold", "0",
+            "--backbone", "simple-cnn", "--weights", "none", "--batch-size", "32",
+            "--epochs-frozen", "0", "--epochs-finetune", "2", "--no-report"]
+    error = one_error_line(run_train(args))
+    assert "No space left on device" in error and "latest.weights.h5" in error
+    fold = disk / "runs" / "r" / "fold_0"
+    from pcam.inference import load_fold_model
+    load_fold_model(fold / "best.keras")  # whole
+    assert not list(fold.rglob(".*tmp-*"))
+    small_disk(40)
+    again = run_train(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (fold / "metrics.json").is_file()
