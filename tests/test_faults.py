@@ -220,6 +220,11 @@ def test_history_with_a_repeated_header_is_read(tmp_path):
     log = "epoch,auc,loss,val_auc,val_loss\n0,0.7,0.6,0.71,0.62\n"
     (tmp_path / "history_finetune.csv").write_text(log + log + "1,0.8,0.5,0.7")  # + a half line
     assert best_auc(tmp_path) == pytest.approx(0.71)
+    # evaluate.py's reading of the same log (it failed: 'val_auc' is not a valid format string)
+    from pcam.evaluate import read_history
+    from pcam.settings import RunSettings
+    history = read_history(tmp_path, RunSettings())
+    assert list(history["epoch"]) == [0, 1] and history["val_auc"].iloc[0] == pytest.approx(0.71)
 
 
 # --- 8. Ctrl-C during a parallel ingest --------------------------------------------------
@@ -321,3 +326,27 @@ def test_full_disk_while_training_is_one_line_keeps_best_and_resumes(layout_cach
     again = run_train(args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (fold / "metrics.json").is_file()
+
+
+def test_read_only_run_folder_rerun_and_evaluate_are_one_line(layout_cache, tmp_path, small_disk):
+    disk = small_disk(40)
+    args = ["--data-dir", str(layout_cache), "--store-dir", str(tmp_path / "store"),
+            "--runs-dir", str(disk / "runs"), "--run", "r", "--folds", "2",
+            "--backbone", "simple-cnn", "--weights", "none", "--batch-size", "32",
+            "--epochs-frozen", "0", "--epochs-finetune", "1", "--no-report"]
+    assert run_train(args).returncode == 0
+    before = {p: p.read_bytes() for p in (disk / "runs").rglob("*") if p.is_file()}
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    error = one_error_line(run_train(args))
+    assert str(disk / "runs" / "r") in error
+    evaluated = subprocess.run([sys.executable, str(SCRIPTS / "evaluate.py"), "--run",
+                                str(disk / "runs" / "r"), "--bootstrap", "10"],
+                               capture_output=True, text=True, timeout=300)
+    assert "Read-only file system" in one_error_line(evaluated)
+    assert {p: p.read_bytes() for p in (disk / "runs").rglob("*") if p.is_file()} == before
+
+
+def test_os_error_line_names_the_file():
+    from pcam.cli import os_error_line
+    err = PermissionError(13, "Permission denied", "data/train_labels.csv")
+    assert os_error_line(err).startswith("data/train_labels.csv: Permission denied; ")
