@@ -29,15 +29,18 @@ _HELD: dict[str, list] = {}
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path, what: str):
+def exclusive(folder: Path, what: str, wait: bool = False):
     """Hold the lock of ``folder`` (created if missing) for the ``with`` block.
 
     Args:
-        folder: the run or store folder.
+        folder: the run, fold or store folder.
         what: how the message names it, e.g. ``"run runs/X"``.
+        wait: wait for a holder to let go instead of refusing (for locks
+            held only briefly).
 
     Raises:
-        PcamError: another live process holds it, or the folder cannot be written.
+        PcamError: another live process holds it (unless ``wait``), or the
+            folder cannot be written.
     """
     folder = Path(folder)
     key = str(folder.resolve())
@@ -59,9 +62,12 @@ def exclusive(folder: Path, what: str):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise PcamError(f"{what} is in use by process {holder} (lock {path}); wait for it "
-                        "to finish or stop it, or use another folder") from None
+        if not wait:
+            os.close(fd)
+            raise PcamError(f"{what} is in use by process {holder} (lock {path}); wait for "
+                            "it to finish or stop it") from None
+        print(f"{what} is in use by process {holder}; waiting for it", flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _HELD[key] = [fd, 1]

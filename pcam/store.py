@@ -177,12 +177,28 @@ def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False) ->
 def build_store(split: Split, out: Path, settings: DataSettings, quiet=False) -> Store:
     """Ingest ``split`` into a store at ``out``, reusing or resuming what is there.
 
-    One process at a time per store folder (``pcam.locks``): a second one
-    would delete the first one's temporary shards.
+    One process at a time builds a store folder (``pcam.locks``): a second
+    one would delete the first one's temporary shards. Finding it up to date
+    needs no lock.
     """
     refuse_tile_folder(out, split.tile_dir)
+    current = _current(split, out)  # without the lock: it only reads, and may run side by side
+    if current is not None:
+        if not quiet:
+            print(f"{split.name} store up to date: {out} ({current.n_tiles:,} tiles)", flush=True)
+        return current
     with locks.exclusive(out, f"tile store {out}"):
         return _build_store(split, out, settings, quiet)
+
+
+def _current(split: Split, out: Path) -> Store | None:
+    """The store at ``out`` when it is finished and up to date, else None."""
+    if not (out / "manifest.json").is_file():
+        return None
+    store = open_store(out)
+    if store.manifest["fingerprint"] != fingerprint(split):
+        return None
+    return store if _stale_parts(split, out, store, lambda *a: None) is None else None
 
 
 def _stale_parts(split: Split, out: Path, store: Store, say) -> list[Path] | None:

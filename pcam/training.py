@@ -93,48 +93,51 @@ def run_cv(settings: RunSettings) -> dict | None:
     strategy = distribute.make_strategy(settings.device.strategy)
     chief = distribute.is_chief(strategy)
     run_dir = settings.run_dir
-    # One process per run: a second one would train the same fold into the
-    # same files. Only the chief writes the run; other workers never lock it.
-    with _run_lock(run_dir) if chief else contextlib.nullcontext():
-        return _train_folds(settings, strategy, chief)
-
-
-def _run_lock(run_dir: Path):
-    """The run's lock (``pcam.locks``), in a run folder made here if need be."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
-                        "choose another --runs-dir") from None
-    return locks.exclusive(run_dir, f"run {run_dir}")
-
-
-def _train_folds(settings: RunSettings, strategy, chief: bool) -> dict | None:
-    """The body of ``run_cv``, under the run's lock."""
-    run_dir = settings.run_dir
-    k_all = settings.folds.folds
     if distribute.is_multi_worker(strategy):
         store = _built_store(settings.data)
     else:
         store = prepare(settings.data, splits=("train",))["train"]
+    # Locks (pcam.locks), taken by the chief only: other workers write nothing
+    # of the run. The run's own lock is held briefly (settings and folds, then
+    # the summary), so processes training other folds of it (--fold K on
+    # several machines) wait their turn; a fold's lock is held while it trains,
+    # and a second process on the same fold is refused.
     if chief:
-        folds = _check_or_write_config(settings, run_dir, store.index())
-        # Temporary files of killed processes (we hold the run's lock: none is live).
-        for folder in [run_dir, *run_dir.glob("fold_*"), *run_dir.glob("fold_*/backup_*")]:
-            remove_stale_temporaries(folder)
+        with _run_lock(run_dir):
+            folds = _check_or_write_config(settings, run_dir, store.index())
+            remove_stale_temporaries(run_dir)
     else:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds)
     todo = range(k_all) if settings.fold == -1 else [settings.fold]
     for k in todo:
-        if (run_dir / f"fold_{k}" / "metrics.json").is_file():
-            print(f"fold {k}: finished earlier, skipped", flush=True)
-            continue
-        run_fold(settings, k, store, folds, strategy)
-    summary = summarise(run_dir, k_all) if chief else None
-    if summary is not None and settings.report:
-        evaluate(EvaluateSettings(run=str(run_dir)))
+        fold_dir = run_dir / f"fold_{k}"
+        with (locks.exclusive(fold_dir, f"fold {k} of run {run_dir}") if chief
+              else contextlib.nullcontext()):
+            if (fold_dir / "metrics.json").is_file():  # checked under the lock: maybe just finished
+                print(f"fold {k}: finished earlier, skipped", flush=True)
+                continue
+            if chief:  # temporary files of killed processes
+                for folder in [fold_dir, *fold_dir.glob("backup_*")]:
+                    remove_stale_temporaries(folder)
+            run_fold(settings, k, store, folds, strategy)
+    if not chief:
+        return None
+    with _run_lock(run_dir):
+        summary = summarise(run_dir, k_all)
+        if summary is not None and settings.report:
+            evaluate(EvaluateSettings(run=str(run_dir)))
     return summary
+
+
+def _run_lock(run_dir: Path):
+    """The run's lock, in a run folder made here if need be; waits for its holder."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
+                        "choose another --runs-dir") from None
+    return locks.exclusive(run_dir, f"run {run_dir}", wait=True)
 
 
 def _built_store(data: DataSettings) -> Store:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -182,24 +183,37 @@ def hold_lock(folder):
     return process
 
 
-def test_a_second_process_on_a_run_is_refused_and_a_killed_holder_blocks_nobody(
+def test_a_second_process_on_a_fold_is_refused_and_a_killed_holder_blocks_nobody(
         layout_cache, tmp_path):
+    """Two train.py on one fold: the second is refused, naming the first. Other
+    folds of the run stay free (--fold K on several machines)."""
     run = tmp_path / "runs" / "r"
-    holder = hold_lock(run)
+    holder = hold_lock(run / "fold_0")
+    args = train_args(layout_cache, tmp_path, "--epochs-frozen", "0", "--epochs-finetune", "1")
     try:
-        result = run_train(train_args(layout_cache, tmp_path, "--epochs-frozen", "0",
-                                      "--epochs-finetune", "1", "--fold", "0"))
-        error = one_error_line(result)
-        assert f"in use by process {holder.pid}" in error and str(run) in error
-        assert sorted(p.name for p in run.iterdir()) == [".pcam.lock"]  # nothing written
+        error = one_error_line(run_train([*args, "--fold", "0"]))
+        assert f"fold 0 of run {run} is in use by process {holder.pid}" in error
+        assert sorted(p.name for p in (run / "fold_0").iterdir()) == [".pcam.lock"]
+        other = run_train([*args, "--fold", "1"])
+        assert other.returncode == 0 and (run / "fold_1" / "metrics.json").is_file()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # The kernel dropped the dead holder's lock; its file (with its pid) stays.
-    assert (run / ".pcam.lock").read_text().strip() == str(holder.pid)
+    assert (run / "fold_0" / ".pcam.lock").read_text().strip() == str(holder.pid)
     from pcam import locks
-    with locks.exclusive(run, "run"):
-        assert (run / ".pcam.lock").read_text().strip() == str(os.getpid())
+    with locks.exclusive(run / "fold_0", "fold 0"):
+        assert (run / "fold_0" / ".pcam.lock").read_text().strip() == str(os.getpid())
+
+
+def test_the_run_lock_is_waited_for(tmp_path):
+    from pcam import locks
+    holder = hold_lock(tmp_path)
+    threading.Timer(1.0, holder.kill).start()  # it dies holding the lock
+    started = time.monotonic()
+    with locks.exclusive(tmp_path, "run", wait=True):
+        assert time.monotonic() - started >= 0.9
+    holder.wait()
 
 
 def test_a_second_prepare_on_a_store_is_refused(layout_cache, tmp_path):
