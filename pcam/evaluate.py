@@ -178,6 +178,7 @@ def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
     except OSError as err:
         raise PcamError(f"cannot write the report to {out}: {err.strerror}; choose another "
                         "--out") from None
+    earlier = _earlier_report(out)
     chosen_on = source.oof if source.oof is not None else source.groups["test"]
     threshold = metrics.choose_threshold(chosen_on["label"], chosen_on["prob"],
                                          settings.target_sensitivity)
@@ -207,8 +208,21 @@ def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
     print(f"{main}: AUC {m['auc']:.4f} (95% CI {m['auc_low']:.4f}-{m['auc_high']:.4f}); at "
           f"threshold {threshold:.3f} ({rule}): sensitivity {m['sensitivity']:.3f}, "
           f"specificity {m['specificity']:.3f}, F1 {m['f1']:.3f}", flush=True)
-    print(f"report: {out / 'index.html'}", flush=True)
+    for note in source.notes:  # e.g. an answer key covering part of the submission
+        print(f"note: {note}", flush=True)
+    print(f"report: {out / 'index.html'}"
+          + (f" (replaces the earlier report, written {earlier})" if earlier else ""), flush=True)
     return record
+
+
+def _earlier_report(out: Path) -> str | None:
+    """When the report in ``out`` that this one replaces was written, if there is one."""
+    if not (out / "index.html").is_file():
+        return None
+    try:
+        return json.loads((out / "metrics.json").read_text())["written"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "at an unknown time"
 
 
 def _figures(source: Source, results: dict, main: str, threshold: float, out: Path,

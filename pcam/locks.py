@@ -78,6 +78,24 @@ def exclusive(folder: Path, what: str, wait: bool = False):
         os.close(fd)
 
 
+def busy(folder: Path) -> bool:
+    """Whether another process holds the lock of ``folder`` now."""
+    path = Path(folder) / LOCK_NAME
+    if str(Path(folder).resolve()) in _HELD or not path.is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also lets go of the shared lock just taken
+    return False
+
+
 def close_inherited() -> None:
     """Close the lock descriptors a forked child inherited (call it first in
     the child): otherwise the lock would outlive its holder in the child."""

@@ -170,7 +170,7 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path,
             saved = to_dict(from_json(RunSettings, config))
         except (PcamError, TypeError, json.JSONDecodeError) as err:
             raise PcamError(f"{config} is not a pcam config ({err}); use a new --run") from None
-        if _epoch_finished(run_dir):
+        if _started(run_dir):
             _refuse_changes(settings, saved, run_dir)
             return load_or_assign(run_dir / "folds.csv", index, settings.folds)
     _check_model(settings)
@@ -185,10 +185,13 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path,
     return folds
 
 
-def _epoch_finished(run_dir: Path) -> bool:
-    """Whether any epoch of the run has finished (a logged row or a best model)."""
+def _started(run_dir: Path) -> bool:
+    """Whether any epoch of the run has finished (a logged row or a best model),
+    or another process is training one of its folds now (with these settings)."""
     for fold_dir in run_dir.glob("fold_*"):
         if (fold_dir / "best.keras").exists() or (fold_dir / "metrics.json").exists():
+            return True
+        if locks.busy(fold_dir):
             return True
         if any(len(read_csv_log(p)) for p in fold_dir.glob("history_*.csv")):
             return True

@@ -194,6 +194,9 @@ def test_a_second_process_on_a_fold_is_refused_and_a_killed_holder_blocks_nobody
         error = one_error_line(run_train([*args, "--fold", "0"]))
         assert f"fold 0 of run {run} is in use by process {holder.pid}" in error
         assert sorted(p.name for p in (run / "fold_0").iterdir()) == [".pcam.lock"]
+        # No epoch has finished, but a fold is being trained: its settings hold.
+        changed = one_error_line(run_train([*args, "--fold", "1", "--dropout", "0.3"]))
+        assert "started with other settings (model.dropout)" in changed
         other = run_train([*args, "--fold", "1"])
         assert other.returncode == 0 and (run / "fold_1" / "metrics.json").is_file()
     finally:
