@@ -259,9 +259,11 @@ def test_ctrl_c_during_a_parallel_ingest_exits_at_once_and_keeps_finished_shards
     args = [sys.executable, str(SCRIPTS / "prepare.py"), "--data-dir", str(big_layout),
             "--store-dir", str(store), "--shard-tiles", "50", "--workers", "2"]
     # Its own process group, as a terminal's foreground job: Ctrl-C reaches the
-    # parent and both workers at once.
+    # parent and both workers at once. SIGINT handled by default even when the
+    # tests run in a background job (which starts with SIGINT ignored).
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: len(list((store / "train").glob("shard-*.tfrecord"))) >= 2, process,
              what="two finished shards")
     os.killpg(process.pid, signal.SIGINT)
