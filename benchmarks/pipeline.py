@@ -83,7 +83,9 @@ def bench_pipeline(layout: Path, store_path: Path) -> list[tuple]:
     # Naive: decode each file inside the pipeline (what many notebooks do).
     n_naive = 6000
     paths = [str(train.path(t)) for t in train.ids[:n_naive]]
-    decode = lambda p: tifffile.imread(p.numpy().decode())
+    def decode(p):
+        return tifffile.imread(p.numpy().decode())
+
     naive = (tf.data.Dataset.from_tensor_slices((paths, list(train.labels[:n_naive])))
              .map(lambda p, y: (tf.py_function(decode, [p], tf.uint8), y),
                   num_parallel_calls=tf.data.AUTOTUNE)

@@ -66,17 +66,31 @@ def command(main):
     return wrapper
 
 
+def os_error_line(err: OSError) -> str:
+    """An OSError in one line: the file, what the system said, and what to do."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    why = err.strerror or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+    return (f"{where + ': ' if where else ''}{why}; free space or fix the permissions, "
+            "then run the same command again (finished work is kept)")
+
+
 def run(main, argv=None) -> None:
     """Call ``main(argv)`` and exit with its status.
 
-    A ``PcamError`` is the user's to fix: print it as one line (no
-    traceback) and exit 2. Ctrl-C exits 130 with a reminder that finished
-    work is kept.
+    A ``PcamError`` is the user's to fix, and an ``OSError`` the system's
+    refusal: print it as one line (no traceback) and exit 2. Ctrl-C exits
+    130 with a reminder that finished work is kept.
     """
     try:
         status = main(argv)
     except PcamError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        # The last resort for an operating system's refusal that no code nearer
+        # to it put in words (a full disk, a read-only or forbidden folder):
+        # still one line, naming the file.
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is kept; run the same command again to resume",

@@ -131,6 +131,9 @@ def read_competition(data_dir: Path) -> tuple[Split, Split]:
         the test split (ids in ``sample_submission.csv`` order, labels -1).
     """
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise PcamError(f"{data_dir} is a file, not a folder: pass --data-dir the competition "
+                        "folder (the one holding train/, test/ and train_labels.csv)")
     if not data_dir.is_dir():
         raise PcamError(f"{data_dir}: no such folder; download the data first "
                         f"(python scripts/download.py) or pass --data-dir")

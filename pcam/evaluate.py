@@ -270,14 +270,28 @@ def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
     except OSError as err:
         raise PcamError(f"cannot write the report to {out}: {err.strerror}; choose another "
                         "--out") from None
+    earlier = _earlier_report(out)
     if source.binary:
         record, images = _binary_report(source, out, settings)
     else:
         record, images = _multiclass_report(source, out, settings)
     atomic_write_text(out / "metrics.json", json.dumps(_plain(record), indent=2) + "\n")
     atomic_write_text(out / "index.html", report.html_page(record, images))
-    print(f"report: {out / 'index.html'}", flush=True)
+    for note in source.notes:  # e.g. an answer key covering part of the submission
+        print(f"note: {note}", flush=True)
+    print(f"report: {out / 'index.html'}"
+          + (f" (replaces the earlier report, written {earlier})" if earlier else ""), flush=True)
     return record
+
+
+def _earlier_report(out: Path) -> str | None:
+    """When the report in ``out`` that this one replaces was written, if there is one."""
+    if not (out / "index.html").is_file():
+        return None
+    try:
+        return json.loads((out / "metrics.json").read_text())["written"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "at an unknown time"
 
 
 def _record(source: Source, results: dict, settings: EvaluateSettings, **extra) -> dict:

@@ -54,7 +54,10 @@ def assign_folds(index: pd.DataFrame, settings: FoldSettings, classes=()) -> pd.
     if k < 2:
         raise PcamError(f"--folds {k}: need at least 2 folds (one to train on, one to validate)")
     counts = index["label"].value_counts()
-    name = (lambda label: classes[label] if label < len(classes) else f"label {label}")
+
+    def name(label):
+        return classes[label] if label < len(classes) else f"label {label}"
+
     if len(index) and counts.min() < k:
         raise PcamError(f"--folds {k}: class {name(counts.idxmin())} has only {counts.min()} "
                         f"image(s), fewer than the folds; use fewer folds or more images")

@@ -31,7 +31,6 @@ import json
 import math
 import shlex
 import time
-import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -46,7 +45,7 @@ from pcam.runs import (finished_folds, load_fold_model, load_model_with_info,  #
                        load_run, resolve_folds, run_classes)
 from pcam.runs import prob_columns as runs_prob_columns
 from pcam.settings import (AugmentSettings, DataSettings, PredictSettings, RunSettings,
-                           from_json, to_dict)
+                           to_dict)
 
 # View k of pcam.augment.dihedral_view: bit 1 flips left-right, bit 2 flips
 # up-down, bit 4 transposes. Each TTA size takes a subgroup of D4: {identity},

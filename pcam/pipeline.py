@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from pcam.augment import compose, eval_ops, train_ops
 from pcam.errors import PcamError
 from pcam.settings import AugmentSettings, InputSettings
-from pcam.store import Store
+from pcam.store import Store, check_shards
 from pcam.task import encode_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -74,6 +74,7 @@ def record_batches(store: Store, shards=None) -> tf.data.Dataset:
     of shard files. The ``index`` feature numbers the source listing instead,
     which differs once ``--skip-bad`` has left tiles out.
     """
+    check_shards(store)  # a shard deleted or cut short would shift every tile after it
     shards = range(len(store.shards)) if shards is None else shards
     starts = store.shard_starts
     positions = tf.constant(np.concatenate(
@@ -158,14 +159,39 @@ def ram_tiles(store: Store) -> RamTiles:
         # and twice the memory to fill 100,000 tiles; scatter_update: ~1 s).
         tiles = tf.Variable(lambda: tf.zeros((n, *shape), tf.uint8), trainable=False,
                             name="store_tiles")
+        ids = []
         with tqdm(total=n, unit="tile", desc=f"{store.path.name} store -> RAM",
                   disable=n < 20 * RECORD_BATCH) as bar:
-            for batch in record_batches(store).prefetch(2):  # every shard
-                tiles.scatter_update(tf.IndexedSlices(batch["image"], batch["position"]))
-                bar.update(int(batch["position"].shape[0]))
+            try:
+                for batch in record_batches(store).prefetch(2):  # every shard
+                    tiles.scatter_update(tf.IndexedSlices(batch["image"], batch["position"]))
+                    ids.append(batch["id"].numpy())
+                    bar.update(int(batch["position"].shape[0]))
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+                raise _damaged(store, err.message.splitlines()[0]) from None
+    _check_ids(store, np.concatenate(ids) if ids else np.zeros(0, object))
     loaded = RamTiles(tiles, store.index()["label"].to_numpy(np.float32))
     _LOADED[key] = loaded
     return loaded
+
+
+def _damaged(store: Store, why: str) -> PcamError:
+    return PcamError(f"the tile store {store.path} does not hold what its manifest says "
+                     f"({why}); delete {store.path / 'manifest.json'} and run "
+                     "python scripts/prepare.py again to rebuild it")
+
+
+def _check_ids(store: Store, ids: np.ndarray) -> None:
+    """Refuse a store whose records are not its index's tiles, one for one: a
+    missing record would pair every later tile with another tile's label, and
+    leave black tiles at the end."""
+    expected = store.index()["id"].to_numpy()
+    if len(ids) != len(expected):
+        raise _damaged(store, f"{len(ids):,} records for {len(expected):,} tiles")
+    wrong = np.flatnonzero(np.asarray([i.decode() for i in ids], object) != expected)
+    if len(wrong):
+        raise _damaged(store, f"record {wrong[0]} is tile {ids[wrong[0]].decode()}, "
+                              f"not {expected[wrong[0]]}")
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number

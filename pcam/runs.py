@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pcam.errors import PcamError
-from pcam.io import atomic_write_text
+from pcam.io import atomic_write_text, read_csv_log
 from pcam.settings import RunSettings, from_json
 
 PHASES = ("frozen", "finetune")  # training order; names of history_<phase>.csv
@@ -232,11 +232,8 @@ def read_history(fold_dir: Path) -> pd.DataFrame:
         path = Path(fold_dir) / f"history_{phase}.csv"
         if not path.is_file() or not path.stat().st_size:
             continue
-        log = pd.read_csv(path)
+        log = read_csv_log(path)  # survives a repeated header or a half line
         if "epoch" in log:
-            # Two processes once appended the header twice; drop any repeated header row.
-            log = log[pd.to_numeric(log["epoch"], errors="coerce").notna()]
-            log = log.apply(pd.to_numeric, errors="coerce")
             # A phase killed between its CSV row and its backup logs that epoch
             # again when it resumes; the later row is the one training continued from.
             log = log.drop_duplicates("epoch", keep="last")

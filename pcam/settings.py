@@ -18,6 +18,53 @@ def _opt(default, help, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check(settings, **rules) -> None:
+    """Refuse values no run can use, naming the option and what it accepts.
+
+    Every field with ``choices`` is checked against them; ``rules`` maps
+    other field names to ``(test, what is allowed)``. Run in each class's
+    ``__post_init__``, so that settings from the command line, from Python
+    and from a saved ``config.json`` (``from_dict``) are all checked before
+    anything is written.
+
+    Raises:
+        PcamError: the first value refused.
+    """
+    from pcam.errors import PcamError
+
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise PcamError(f"{_flag(f.name)} {value!r}: choose one of "
+                            f"{', '.join(str(c) for c in choices)}")
+        if f.name in rules:
+            test, allowed = rules[f.name]
+            if isinstance(value, bool) or not test(value):
+                raise PcamError(f"{_flag(f.name)} {value!r}: must be {allowed}")
+
+
+def _at_least(low):
+    return lambda v: isinstance(v, int) and v >= low, f"a whole number, at least {low}"
+
+
+def _positive_number():
+    return lambda v: isinstance(v, (int, float)) and v > 0, "a number above 0"
+
+
+def _non_negative_number():
+    return lambda v: isinstance(v, (int, float)) and v >= 0, "a number, 0 or more"
+
+
+def _fraction():
+    return (lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
+            "a number from 0 up to, not including, 1")
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """Where the images are and how they become a tile store.
@@ -59,6 +106,9 @@ class DataSettings:
         2048, "tiles per TFRecord shard (2048 tiles = 57 MB; 108 shards for the "
               "competition's train set, enough to split over many workers)")
 
+    def __post_init__(self):
+        _check(self, workers=_at_least(0), shard_tiles=_at_least(1), tile_size=_at_least(0))
+
     @property
     def store_path(self) -> Path:
         return Path(self.store_dir) if self.store_dir else Path(self.data_dir) / "store"
@@ -81,6 +131,10 @@ class FoldSettings:
     max_tiles: int = _opt(0, "use a stratified subset of this many train tiles (0: all)")
     seed: int = _opt(0, "seed for folds, shuffling and augmentation")
 
+    def __post_init__(self):
+        # --folds is checked against the tiles by pcam.folds, which knows the class counts.
+        _check(self, max_tiles=_at_least(0), seed=_at_least(0))
+
 
 @dataclass(frozen=True)
 class AugmentSettings:
@@ -101,6 +155,13 @@ class AugmentSettings:
     centre_crop: int = _opt(0, "keep only the centre NxN pixels (0: whole tile; the label "
                                "is about the centre 32x32)")
 
+    def __post_init__(self):
+        _check(self, brightness=_non_negative_number(), contrast=_fraction(),
+               saturation=_fraction(), hue=_fraction(), stain=_non_negative_number(),
+               zoom=_fraction(),
+               # At most the tile size: checked against the store (training.run_cv).
+               centre_crop=_at_least(0))
+
 
 @dataclass(frozen=True)
 class InputSettings:
@@ -114,6 +175,9 @@ class InputSettings:
     # full shuffle. Store order is already random for Kaggle's hashed ids.
     shuffle_buffer: int = _opt(8192, "tiles in the shuffle buffer when the store is streamed "
                                      "from disk (in RAM, every epoch is a full shuffle)")
+
+    def __post_init__(self):
+        _check(self, batch_size=_at_least(1), shuffle_buffer=_at_least(1))
 
 
 def section(f: dataclasses.Field):
@@ -167,6 +231,10 @@ class ModelSettings:
     dense_units: int = _opt(256, "units of the head's hidden Dense layer")
     dropout: float = _opt(0.5, "dropout before the output unit")
 
+    def __post_init__(self):
+        # The backbone's own smallest size is checked by pcam.models, which knows it.
+        _check(self, image_size=_at_least(1), dense_units=_at_least(1), dropout=_fraction())
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -190,6 +258,17 @@ class TrainSettings:
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (e.g. 0.05)")
     tensorboard: bool = _opt(False, "write TensorBoard logs in the fold's folder")
 
+    def __post_init__(self):
+        from pcam.errors import PcamError
+
+        _check(self, epochs_frozen=_at_least(0), epochs_finetune=_at_least(0),
+               lr_frozen=_positive_number(), lr_finetune=_positive_number(),
+               unfreeze=_at_least(0), patience=_at_least(0), label_smoothing=_fraction())
+        if self.epochs_frozen + self.epochs_finetune == 0:
+            # Nothing would be trained, and the folds would be marked finished.
+            raise PcamError("--epochs-frozen 0 --epochs-finetune 0: nothing to train; give "
+                            "at least one phase an epoch")
+
 
 @dataclass(frozen=True)
 class DeviceSettings:
@@ -204,6 +283,9 @@ class DeviceSettings:
     jit: bool = _opt(False, "compile the training step with XLA")
     steps_per_execution: int = _opt(1, "batches per call into the device (raise on TPUs)")
     deterministic: bool = _opt(False, "deterministic ops (slower; same seed, same weights)")
+
+    def __post_init__(self):
+        _check(self, steps_per_execution=_at_least(1))
 
 
 @dataclass(frozen=True)
@@ -222,6 +304,9 @@ class RunSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     device: DeviceSettings = field(default_factory=DeviceSettings)
+
+    def __post_init__(self):
+        _check(self, fold=_at_least(-1))
 
     @property
     def run_dir(self) -> Path:
@@ -259,6 +344,11 @@ class PredictSettings:
                              "size: made into tiles as the run's store made them); writes a CSV "
                              "of path, predicted class and one probability per class")
 
+    def __post_init__(self):
+        _check(self, batch_size=_at_least(0),
+               folds=(lambda v: all(isinstance(k, int) and k >= 0 for k in v),
+                      "fold numbers, 0 or more"))
+
 
 @dataclass(frozen=True)
 class EvaluateSettings:
@@ -282,6 +372,10 @@ class EvaluateSettings:
     out: str = _opt("", "report folder (default: RUN/report, or the submission's name "
                         "+ '-report' beside it)")
 
+    def __post_init__(self):
+        _check(self, target_sensitivity=_fraction(), bootstrap=_at_least(0),
+               gallery=_at_least(0))
+
 
 @dataclass(frozen=True)
 class ExplainSettings:
@@ -304,3 +398,6 @@ class ExplainSettings:
                               "folder's store/)")
     out: str = _opt("", "folder for the pictures (default: RUN/explain/fold_K, or explain/ "
                         "beside --model)")
+
+    def __post_init__(self):
+        _check(self, fold=_at_least(-1))

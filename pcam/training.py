@@ -18,13 +18,13 @@ and continues an unfinished phase from its last finished epoch
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +33,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pcam import __version__, distribute, metrics, runs, task
-from pcam.evaluate import evaluate
-from pcam.errors import PcamError
+from pcam import __version__, checkpoints, distribute, locks, metrics, runs, task
 from pcam.augment import on_model
+from pcam.errors import PcamError
+from pcam.evaluate import evaluate
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
-from pcam.io import atomic_write_text
+from pcam.io import atomic_write_text, read_csv_log, remove_stale_temporaries
 from pcam.models import count_trainable_weights, create_model, get_backbone, set_backbone_trainable
 from pcam.pipeline import eval_dataset, train_dataset
 from pcam.runs import ModelInfo, load_fold_model
@@ -104,25 +104,40 @@ def run_cv(settings: RunSettings) -> dict | None:
         listing = pd.DataFrame({"id": source.train.ids, "label": source.train.labels})
         assign_folds(subset(listing, settings.folds.max_tiles, settings.folds.seed),
                      settings.folds, source.classes)
+        _check_crop(settings, source.tile_size)
         store = prepare(settings.data, splits=("train",), source=source)["train"]
+    _check_crop(settings, store.tile_size)
     settings = dataclasses.replace(settings, data=resolve_data(settings.data, store))
-    _check_against_store(settings, store)
+    # Locks (pcam.locks), taken by the chief only: other workers write nothing
+    # of the run. The run's own lock is held briefly (settings and folds, then
+    # the summary), so processes training other folds of it (--fold K on
+    # several machines) wait their turn; a fold's lock is held while it trains,
+    # and a second process on the same fold is refused.
     if chief:
-        _check_or_write_config(settings, run_dir)
-        folds = load_or_assign(run_dir / "folds.csv", store.index(), settings.folds,
-                               store.classes)
+        with _run_lock(run_dir):
+            folds = _check_or_write_config(settings, run_dir, store)
+            remove_stale_temporaries(run_dir)
     else:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds, store.classes)
     todo = range(k_all) if settings.fold == -1 else [settings.fold]
     for k in todo:
-        if (run_dir / f"fold_{k}" / "metrics.json").is_file():
-            print(f"fold {k}: finished earlier, skipped", flush=True)
-            continue
-        run_fold(settings, k, store, folds, strategy)
-    summary = summarise(run_dir, k_all) if chief else None
-    if summary is not None and settings.report:
-        evaluate(EvaluateSettings(run=str(run_dir)))
+        fold_dir = run_dir / f"fold_{k}"
+        with (locks.exclusive(fold_dir, f"fold {k} of run {run_dir}") if chief
+              else contextlib.nullcontext()):
+            if (fold_dir / "metrics.json").is_file():  # checked under the lock: maybe just finished
+                print(f"fold {k}: finished earlier, skipped", flush=True)
+                continue
+            if chief:  # temporary files of killed processes
+                for folder in [fold_dir, *fold_dir.glob("backup_*")]:
+                    remove_stale_temporaries(folder)
+            run_fold(settings, k, store, folds, strategy)
+    if not chief:
+        return None
+    with _run_lock(run_dir):
+        summary = summarise(run_dir, k_all)
+        if summary is not None and settings.report:
+            evaluate(EvaluateSettings(run=str(run_dir)))
     return summary
 
 
@@ -133,11 +148,11 @@ def resolve_data(data: DataSettings, store: Store) -> DataSettings:
                                positive=store.manifest["positive"], tile_size=store.tile_size)
 
 
-def _check_against_store(settings: RunSettings, store: Store) -> None:
+def _check_crop(settings: RunSettings, tile_size: int) -> None:
     crop = settings.augment.centre_crop
-    if crop > store.tile_size:
-        raise PcamError(f"--centre-crop {crop} is larger than the tiles ({store.tile_size}x"
-                        f"{store.tile_size}); give at most {store.tile_size}, or 0 for the whole tile")
+    if crop > tile_size:
+        raise PcamError(f"--centre-crop {crop} is larger than the tiles ({tile_size}x"
+                        f"{tile_size}); give at most {tile_size}, or 0 for the whole tile")
 
 
 def _built_store(data: DataSettings) -> Store:
@@ -152,26 +167,83 @@ def _built_store(data: DataSettings) -> Store:
     return open_store(path)
 
 
-def _check_or_write_config(settings: RunSettings, run_dir: Path) -> None:
+def _run_lock(run_dir: Path):
+    """The run's lock, in a run folder made here if need be; waits for its holder."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
+                        "choose another --runs-dir") from None
+    return locks.exclusive(run_dir, f"run {run_dir}", wait=True)
+
+
+def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store) -> pd.DataFrame:
+    """Check a resumed run's settings, or check a new run's and write them.
+
+    A run whose first epoch has not finished (a command refused, or stopped
+    early) takes the new settings: nothing trained depends on the old ones.
+    Everything that could refuse the command is checked before anything is
+    written, so a refused command never ties its run name to its settings.
+
+    Returns:
+        The run's folds (id, label, fold).
+    """
     config = run_dir / "config.json"
     if config.is_file():
         try:
             saved = to_dict(from_json(RunSettings, config))
         except (PcamError, TypeError, json.JSONDecodeError) as err:
             raise PcamError(f"{config} is not a pcam config ({err}); use a new --run") from None
-        now = to_dict(settings)
-        changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
-                   for key in now[section] if now[section][key] != saved[section][key]]
-        if changed:
-            raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
-                            "resume it with the same settings or choose a new --run")
-        return
+        if _started(run_dir):
+            _refuse_changes(settings, saved, run_dir)
+            return load_or_assign(run_dir / "folds.csv", store.index(), settings.folds,
+                                  store.classes)
+    _check_model(settings, store)
+    folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
+                         settings.folds, store.classes)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         to_json(settings, config)
+        atomic_write_text(run_dir / "folds.csv", folds.to_csv(index=False))
     except OSError as err:
         raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
                         "choose another --runs-dir") from None
+    return folds
+
+
+def _started(run_dir: Path) -> bool:
+    """Whether any epoch of the run has finished (a logged row or a best model),
+    or another process is training one of its folds now (with these settings)."""
+    for fold_dir in run_dir.glob("fold_*"):
+        if (fold_dir / "best.keras").exists() or (fold_dir / "metrics.json").exists():
+            return True
+        if locks.busy(fold_dir):
+            return True
+        if any(len(read_csv_log(p)) for p in fold_dir.glob("history_*.csv")):
+            return True
+    return False
+
+
+def _check_model(settings: RunSettings, store: Store) -> None:
+    """Build the model once, outside any strategy, to refuse what would fail
+    later: an unknown backbone, an image size it cannot take, a missing
+    weights file, ImageNet weights that cannot be fetched, --unfreeze N of
+    a backbone with fewer blocks."""
+    m = settings.model
+    model = create_model(m.backbone, num_classes=len(store.classes), image_size=m.image_size,
+                         tile_size=settings.augment.centre_crop or store.tile_size,
+                         weights=m.weights, dense_units=m.dense_units, dropout=m.dropout)
+    set_backbone_trainable(model, phases(settings.train)[-1].trainable)
+    del model
+
+
+def _refuse_changes(settings: RunSettings, saved: dict, run_dir: Path) -> None:
+    """Refuse settings that differ from a started run's in what is trained."""
+    now = to_dict(settings)
+    changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
+               for key in now[section] if now[section][key] != saved[section].get(key)]
+    if changed:
+        raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
+                        "resume it with the same settings or choose a new --run")
 
 
 def split_positions(store: Store, folds: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +298,7 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     for phase in phases(settings.train):
         done = fold_dir / f"{phase.name}.done"
         if best.is_file():
-            _load_best(model, best)  # hand-over: each phase starts from the best so far
+            checkpoints.load_weights(model, best, fold_dir)  # hand-over: each phase starts from the best so far
         if done.is_file() or phase.epochs == 0:
             continue
         with strategy.scope():
@@ -251,7 +323,7 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
             return {}
         model = load_fold_model(best)
     elif best.is_file():
-        _load_best(model, best)
+        checkpoints.load_weights(model, best, fold_dir)
     return _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings)
 
 
@@ -261,15 +333,6 @@ def _verbosity(chief: bool) -> int:
     if not chief:
         return 0
     return 1 if sys.stdout.isatty() else 2
-
-
-def _load_best(model, best: Path) -> None:
-    """Load the best weights so far. The file also holds the optimizer state of
-    the phase that saved it; a new phase compiles a fresh optimizer, so Keras'
-    warning that it skips those variables is expected and silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(best)
 
 
 def _compile(model, phase: Phase, settings: RunSettings, steps: int, num_classes: int) -> None:
@@ -307,8 +370,11 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     callbacks = [
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
-        keras.callbacks.ModelCheckpoint(fold_dir / "best.keras", monitor=task.MONITOR, mode="max",
-                                        save_best_only=True, initial_value_threshold=best_so_far),
+        # Written under a temporary name and renamed (pcam.checkpoints): a process
+        # killed mid-write never leaves a truncated best.keras.
+        checkpoints.AtomicModelCheckpoint(fold_dir / "best.keras", monitor=task.MONITOR,
+                                          mode="max", save_best_only=True,
+                                          initial_value_threshold=best_so_far),
         # Under cosine decay the first half of a phase runs at a high learning
         # rate and validation AUC swings: the CPU recipe's read 0.882, 0.874,
         # 0.840, 0.881 over epochs 1-4 of 12 while training AUC rose from 0.87
@@ -320,7 +386,14 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
         keras.callbacks.CSVLogger(fold_dir / f"history_{phase.name}.csv", append=True),
     ]
     if backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(fold_dir / f"backup_{phase.name}"))
+        best = fold_dir / "best.keras"
+
+        def restart(model):  # an unreadable backup: the phase starts from the best so far
+            if best.is_file():
+                checkpoints.load_weights(model, best, fold_dir)
+
+        callbacks.append(checkpoints.AtomicBackupAndRestore(fold_dir / f"backup_{phase.name}",
+                                                            restart=restart))
     if phase.trainable is not False and train.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=task.MONITOR, mode="max",
                                                            factor=0.5, patience=1))

@@ -68,6 +68,8 @@ class Seen:
 
 @dataclass
 class Competition:
+    """What the fake server serves: the zip, and the account's state."""
+
     zip_bytes: bytes
     rules_accepted: bool = True
     title: str = "Fake Competition"

@@ -208,3 +208,24 @@ def test_history_joins_the_phases_in_order_without_repeated_epochs(tiny_run, tmp
     history = read_history(fold)
     assert list(history["phase"]) == ["frozen", "finetune"]
     assert history["val_auc"].iloc[1] == 0.123
+
+
+def test_a_partial_answer_key_is_said_and_a_replaced_report_too(tiny_run, tmp_path,
+                                                                layout_cache, capsys):
+    from pcam.inference import predict
+    from pcam.settings import PredictSettings
+    submission = tmp_path / "sub.csv"
+    predict(PredictSettings(run=str(tiny_run.run_dir), tta=1, out=str(submission)))
+    key = pd.read_csv(str(layout_cache) + ".answers.csv", dtype={"id": str})
+    partial = tmp_path / "partial.csv"
+    key.iloc[:48].to_csv(partial, index=False)
+    settings = EvaluateSettings(submission=str(submission), answers=str(partial), bootstrap=20,
+                                gallery=0)
+    capsys.readouterr()
+    evaluate(settings)
+    first = capsys.readouterr().out
+    assert f"note: Only 48 of the submission's {len(key):,} tiles have an answer" in first
+    assert "replaces" not in first
+    written = json.loads((tmp_path / "sub-report" / "metrics.json").read_text())["written"]
+    evaluate(settings)
+    assert f"(replaces the earlier report, written {written})" in capsys.readouterr().out

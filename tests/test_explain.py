@@ -13,7 +13,6 @@ import tifffile
 from PIL import Image
 
 from pcam.commands.explain import main as explain_main
-from pcam.settings import DataSettings
 from pcam.store import prepare
 
 from conftest import REPO, TOP_RIGHT, inside

@@ -208,6 +208,8 @@ def _damage(case: str, root: Path) -> list:
         return ["--positive", "tumour"]
     elif case == "pattern matches nothing":
         return ["--group-pattern", r"patient-(\d+)"]
+    elif case == "crop larger than the tiles":
+        return ["--centre-crop", 64]
     return []
 
 
@@ -221,6 +223,7 @@ def _damage(case: str, root: Path) -> list:
     ("missing class", "atypical, not a folder"),
     ("positive not a class", "--positive tumour is not a class"),
     ("pattern matches nothing", "matches no file name"),
+    ("crop larger than the tiles", "--centre-crop 64 is larger than the tiles (40x40)"),
 ])
 def test_bad_class_folders_are_one_line_errors(tmp_path, capsys, case, expected):
     data = _two_classes(tmp_path / "data")

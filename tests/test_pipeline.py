@@ -62,7 +62,9 @@ def test_epochs_differ_but_cover_the_same_tiles(stores):
                        AugmentSettings(dihedral=False), seed=2)
     first, second = batches(ds), batches(ds)
     assert not np.array_equal(first[0][0], second[0][0])
-    key = lambda data: sorted(x.tobytes() for b, _ in data for x in b)
+    def key(data):
+        return sorted(x.tobytes() for b, _ in data for x in b)
+
     assert key(first) == key(second)
 
 

@@ -202,3 +202,119 @@ def test_skip_bad_leaves_tiles_out(layout):
 def test_open_store_without_manifest_says_what_to_do(tmp_path):
     with pytest.raises(PcamError, match="scripts/prepare.py"):
         open_store(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["data", "train"])
+def test_store_in_a_tile_folder_is_refused_and_touches_nothing(layout, where):
+    store = layout if where == "data" else layout / "train"
+    (layout / "train" / ".user-notes").write_text("mine")
+    before = sorted(p.name for p in (layout / "train").iterdir())
+    with pytest.raises(PcamError, match="is or contains the tile folder"):
+        prepare(DataSettings(data_dir=str(layout), store_dir=str(store), workers=1))
+    assert sorted(p.name for p in (layout / "train").iterdir()) == before
+    assert (layout / "train" / ".user-notes").read_text() == "mine"
+
+
+def dead_pid() -> int:
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                             capture_output=True, text=True, check=True)
+    return int(process.stdout)
+
+
+def test_clean_up_deletes_only_dead_processes_temporaries(layout):
+    out = layout / "store" / "train"
+    out.mkdir(parents=True)
+    keep = {".user-notes": "mine", ".index.csv.tmp-1": "pid 1 is alive",
+            "notes.txt": "mine too"}
+    gone = {f".shard-x-00000-of-00001.tfrecord.tmp-{dead_pid()}": "half a shard",
+            f".index.csv.tmp-{dead_pid()}": "half an index",
+            "shard-0123456789abcdef-00000-of-00001.tfrecord": "another fingerprint's"}
+    for name, text in {**keep, **gone}.items():
+        (out / name).write_text(text)
+    prepare(DataSettings(data_dir=str(layout), workers=1), splits=("train",), quiet=True)
+    for name, text in keep.items():
+        assert (out / name).read_text() == text
+    for name in gone:
+        assert not (out / name).exists(), name
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(PcamError, match="is a file, not a folder"):
+        prepare(DataSettings(data_dir=str(tmp_path / "data")))
+
+
+# --- the store checks itself (issue 15, item 3) ---------------------------------------------
+
+def built(layout, **changes):
+    settings = DataSettings(data_dir=str(layout), shard_tiles=100, workers=1, **changes)
+    return settings, prepare(settings, splits=("train",), quiet=True)["train"]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut mid-record", "cut at a record boundary"])
+def test_a_damaged_shard_is_rebuilt_and_said(layout, capsys, damage):
+    settings, store = built(layout)
+    assert all(s["bytes"] == (store.path / s["file"]).stat().st_size
+               for s in store.manifest["shards"])
+    shard = store.shards[1]
+    kept = {p.name: p.stat().st_mtime_ns for p in store.shards if p != shard}
+    if damage == "deleted":
+        shard.unlink()
+    elif damage == "cut mid-record":
+        shard.write_bytes(shard.read_bytes()[:5000])
+    else:
+        import tensorflow as tf
+        records = list(tf.data.TFRecordDataset(str(shard)).take(60).as_numpy_iterator())
+        with tf.io.TFRecordWriter(str(shard)) as writer:
+            for record in records:
+                writer.write(record)
+    again = prepare(settings, splits=("train",))["train"]
+    out = capsys.readouterr().out
+    assert "1 shard file(s)" in out and "rebuilding them" in out and "up to date" not in out
+    assert again.manifest["shards"] == store.manifest["shards"]
+    assert {p.name: p.stat().st_mtime_ns for p in again.shards if p.name in kept} == kept
+
+
+def test_a_tile_changed_in_place_rebuilds_the_store(layout, capsys):
+    settings, store = built(layout)
+    tile = layout / "train" / f"{store.index()['id'][0]}.tif"
+    image = tifffile.imread(tile)
+    tifffile.imwrite(tile, 255 - image, photometric="rgb")  # same size, new pixels
+    again = prepare(settings, splits=("train",))["train"]
+    assert "source files changed" in capsys.readouterr().out
+    assert again.manifest["fingerprint"] != store.manifest["fingerprint"]
+    from pcam.pipeline import read_tiles
+    np.testing.assert_array_equal(read_tiles(again, [store.index()["id"][0]])[0], 255 - image)
+
+
+def test_a_repaired_bad_tile_comes_back(layout):
+    path = layout / "train" / f"{first_train_id(layout)}.tif"
+    original = path.read_bytes()
+    truncated(layout)
+    settings, store = built(layout, skip_bad=True)
+    assert store.n_tiles == 299
+    path.write_bytes(original)
+    _, again = built(layout, skip_bad=True)
+    assert again.n_tiles == 300 and again.manifest["bad_tiles"] == 0
+
+
+def test_records_that_do_not_match_the_index_are_refused_when_filling_ram(layout):
+    """A store from before shard sizes were recorded, with a shard cut at a record
+    boundary: it used to train on shifted labels and black tiles."""
+    import tensorflow as tf
+
+    from pcam.pipeline import ram_tiles
+    from pcam.store import open_store
+
+    _, store = built(layout)
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        del shard["bytes"]
+    (store.path / "manifest.json").write_text(json.dumps(manifest))
+    shard = store.shards[0]
+    records = list(tf.data.TFRecordDataset(str(shard)).take(60).as_numpy_iterator())
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for record in records:
+            writer.write(record)
+    with pytest.raises(PcamError, match="does not hold what its manifest says .260 records for 300 tiles"):
+        ram_tiles(open_store(store.path))

@@ -3,14 +3,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pcam.errors import PcamError
-from pcam.settings import (DataSettings, DeviceSettings, FoldSettings, InputSettings,
+from pcam.settings import (DataSettings, FoldSettings, InputSettings,
                            ModelSettings, RunSettings, TrainSettings)
 from pcam.training import run_cv
 
@@ -133,7 +132,7 @@ def test_unknown_backbone_lists_the_valid_ones(layout_cache, tmp_path):
     result = run_script("--data-dir", str(layout_cache), "--store-dir", str(tmp_path / "s"),
                         "--runs-dir", str(tmp_path / "runs"), "--backbone", "resnet51")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    error = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "resnet51" in error[0] and "resnet50" in error[0] \
         and "simple-cnn" in error[0]
 
@@ -221,7 +220,8 @@ def test_multi_worker_strategy_two_processes_chief_writes_the_run(layout_cache, 
     oof = pd.read_csv(fold / "oof.csv", dtype={"id": str})
     folds = pd.read_csv(runs / "mw" / "folds.csv", dtype={"id": str})
     assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 1, "id"])  # all of it, once
-    assert sorted(p.name for p in (runs / "mw").iterdir()) == ["config.json", "fold_1", "folds.csv"]
+    assert sorted(p.name for p in (runs / "mw").iterdir()) == [
+        ".pcam.lock", "config.json", "fold_1", "folds.csv"]  # the lock: pcam.locks
 
 
 def test_resnet50_two_phases_counts_batchnorm_and_hand_over(layout_cache, tmp_path):
@@ -250,12 +250,13 @@ def test_resnet50_two_phases_counts_batchnorm_and_hand_over(layout_cache, tmp_pa
     class Spy(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             backbone = self.model.get_layer("backbone")
-            norms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+            norms = [layer for layer in backbone.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)]
             best = settings.run_dir / "fold_0" / "best.keras"
             seen.append({
                 "trainable": sum(int(np.prod(w.shape)) for w in self.model.trainable_weights),
                 "backbone_trainable": sum(int(np.prod(w.shape)) for w in backbone.trainable_weights),
-                "bn_trainable": sum(l.trainable for l in norms),
+                "bn_trainable": sum(layer.trainable for layer in norms),
                 "bn_count": len(norms),
                 "same_as_best": best.is_file() and all(
                     np.array_equal(a, b) for a, b in zip(
@@ -271,3 +272,30 @@ def test_resnet50_two_phases_counts_batchnorm_and_hand_over(layout_cache, tmp_pa
     assert finetune["trainable"] == head + finetune["backbone_trainable"]
     assert finetune["bn_count"] == 53 and finetune["bn_trainable"] == 0
     assert frozen["same_as_best"] is False and finetune["same_as_best"] is True
+
+
+@pytest.mark.parametrize("model, message", [
+    (ModelSettings(backbone="resnet51", weights="none"), "unknown backbone"),
+    (ModelSettings(backbone="simple-cnn", weights="none", image_size=4), "too small"),
+    (ModelSettings(backbone="simple-cnn", weights="missing.weights.h5"), "not found"),
+])
+def test_a_refused_command_does_not_tie_its_run_name(layout_cache, tmp_path, model, message):
+    """Checks come before config.json and folds.csv are written, and a run with
+    no finished epoch takes the corrected command's settings."""
+    refused = tiny(layout_cache, tmp_path, fold=0, report=False, model=model)
+    with pytest.raises(PcamError, match=message):
+        run_cv(refused)
+    assert not (refused.run_dir / "config.json").exists()
+    assert not (refused.run_dir / "folds.csv").exists()
+    # A run stopped before its first epoch ended, under other settings:
+    stopped = tiny(layout_cache, tmp_path, fold=0, report=False,
+                   folds=FoldSettings(folds=3, seed=1))
+    from pcam.settings import to_json
+    refused.run_dir.mkdir(parents=True, exist_ok=True)
+    to_json(stopped, refused.run_dir / "config.json")
+    corrected = tiny(layout_cache, tmp_path, fold=0, report=False,
+                     train=TrainSettings(epochs_frozen=0, epochs_finetune=1))
+    run_cv(corrected)
+    assert json.loads((corrected.run_dir / "config.json").read_text())["folds"]["folds"] == 2
+    assert pd.read_csv(corrected.run_dir / "folds.csv")["fold"].max() == 1
+    assert (corrected.run_dir / "fold_0" / "metrics.json").is_file()

@@ -29,7 +29,7 @@ OUT = REPO / "pcam" / "sample"
 
 
 def pick(split: str, n: int, rng: random.Random) -> pd.DataFrame:
-    """n tiles of a split, half of each class."""
+    """N tiles of a split, half of each class."""
     labels = pd.read_csv(SOURCE / f"{split}_labels.csv", dtype={"id": str})
     parts = [labels[labels["label"] == c].sort_values("id") for c in (0, 1)]
     rows = [row for part in parts for row in rng.sample(list(part.itertuples(index=False)), n // 2)]

@@ -32,10 +32,13 @@ def main(argv=None):
     add_settings(parser, RunSettings, "run")
     args = parser.parse_args(argv)
 
+    # Settings check themselves: nonsense is refused before TensorFlow loads.
+    settings = None if args.demo else settings_from_args(RunSettings, args)
+
     from pcam import demo
     from pcam.training import run_cv  # after parsing: --help answers without TensorFlow
 
     if args.demo:
         demo.run(args.demo)
     else:
-        run_cv(settings_from_args(RunSettings, args))
+        run_cv(settings)
