@@ -238,9 +238,8 @@ def test_history_with_a_repeated_header_is_read(tmp_path):
     (tmp_path / "history_finetune.csv").write_text(log + log + "1,0.8,0.5,0.7")  # + a half line
     assert best_auc(tmp_path) == pytest.approx(0.71)
     # evaluate.py's reading of the same log (it failed: 'val_auc' is not a valid format string)
-    from pcam.evaluate import read_history
-    from pcam.settings import RunSettings
-    history = read_history(tmp_path, RunSettings())
+    from pcam.runs import read_history
+    history = read_history(tmp_path)
     assert list(history["epoch"]) == [0, 1] and history["val_auc"].iloc[0] == pytest.approx(0.71)
 
 

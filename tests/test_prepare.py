@@ -209,7 +209,7 @@ def test_store_in_a_tile_folder_is_refused_and_touches_nothing(layout, where):
     store = layout if where == "data" else layout / "train"
     (layout / "train" / ".user-notes").write_text("mine")
     before = sorted(p.name for p in (layout / "train").iterdir())
-    with pytest.raises(PcamError, match="is or contains the tile folder"):
+    with pytest.raises(PcamError, match="is or contains the image folder"):
         prepare(DataSettings(data_dir=str(layout), store_dir=str(store), workers=1))
     assert sorted(p.name for p in (layout / "train").iterdir()) == before
     assert (layout / "train" / ".user-notes").read_text() == "mine"
@@ -240,7 +240,7 @@ def test_clean_up_deletes_only_dead_processes_temporaries(layout):
 
 def test_data_dir_that_is_a_file_says_so(tmp_path):
     (tmp_path / "data").write_text("not a folder")
-    with pytest.raises(PcamError, match="is a file, not a folder"):
+    with pytest.raises(PcamError, match="a file, not a folder"):
         prepare(DataSettings(data_dir=str(tmp_path / "data")))
 
 

@@ -44,7 +44,6 @@ REFUSED = [
     (PredictSettings, dict(average="median"), "--average 'median'"),
     (PredictSettings, dict(folds=(0, -1)), "--folds"),
     (EvaluateSettings, dict(bootstrap=-1), "--bootstrap -1"),
-    (ExplainSettings, dict(target="other"), "--target 'other'"),
     (RunSettings, dict(fold=-2), "--fold -2"),
 ]
 
