@@ -42,8 +42,7 @@ from pcam import metrics
 from pcam.errors import PcamError
 from pcam.io import atomic_path, atomic_write_text
 from pcam.runs import (finished_folds, load_fold_model, load_model_with_info,  # noqa: F401
-                       load_run, resolve_folds, run_classes)
-from pcam.runs import prob_columns as runs_prob_columns
+                       load_run, prob_columns, resolve_folds, run_classes)
 from pcam.settings import (AugmentSettings, DataSettings, PredictSettings, RunSettings,
                            to_dict)
 
@@ -534,9 +533,9 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
 def labelled_images(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
     """Images of a labelled class-folder set (``DIR/<class>/<image>``) and
     their label indices in the run's ``classes``."""
-    from pcam.sources import _images_under, _subfolders
+    from pcam.sources import images_under, subfolders
 
-    present = _subfolders(folder)
+    present = subfolders(folder)
     unknown = [c for c in present if c not in classes]
     if not present or unknown:
         raise PcamError(f"--answers {folder}: its class folders ({', '.join(present) or 'none'}) "
@@ -544,7 +543,7 @@ def labelled_images(folder: Path, classes: Sequence[str]) -> tuple[list[Path], l
                         + (f"; {', '.join(unknown)} is not" if unknown else ""))
     paths, labels = [], []
     for c in present:
-        for rel in _images_under(folder / c)[0]:
+        for rel in images_under(folder / c)[0]:
             paths.append(folder / c / rel)
             labels.append(list(classes).index(c))
     return paths, labels
@@ -651,7 +650,7 @@ def _write_probabilities(table, probs, labels, out, settings, run_dir, config, f
         from pcam.settings import EvaluateSettings
 
         frame = pd.DataFrame({"id": table["path"], "label": np.asarray(labels)})
-        frame[runs_prob_columns(classes)] = np.asarray(probs).reshape(len(frame), -1)
+        frame[prob_columns(classes)] = np.asarray(probs).reshape(len(frame), -1)
         report = out.with_name(out.stem + "-report")
         record["report"] = report_predictions(
             frame, classes, report, f"{Path(settings.answers or config.data.data_dir).name}: "

@@ -115,12 +115,13 @@ def _kaggle(root: Path, data: DataSettings) -> Source:
 
 # --- class folders ------------------------------------------------------------------
 
-def _subfolders(path: Path) -> list[str]:
+def subfolders(path: Path) -> list[str]:
+    """Names of the folders in ``path`` that are not hidden, sorted (the class names)."""
     with os.scandir(path) as entries:
         return sorted(e.name for e in entries if e.is_dir() and not images.is_hidden(e.name))
 
 
-def _images_under(folder: Path) -> tuple[list[str], list[str]]:
+def images_under(folder: Path) -> tuple[list[str], list[str]]:
     """Image files under ``folder`` (recursively, sorted, relative paths) and the
     other files found there (not images: left out, and said so)."""
     found, others = [], []
@@ -135,13 +136,13 @@ def _images_under(folder: Path) -> tuple[list[str], list[str]]:
 
 
 def _folders(root: Path, data: DataSettings) -> Source:
-    train_root = root / "train" if (root / "train").is_dir() and _subfolders(root / "train") \
+    train_root = root / "train" if (root / "train").is_dir() and subfolders(root / "train") \
         else root
-    present = _subfolders(train_root)
+    present = subfolders(train_root)
     classes = _choose_classes(train_root, present, data)
     per_class, others, empty = {}, [], []
     for c in classes:
-        files, not_images = _images_under(train_root / c)
+        files, not_images = images_under(train_root / c)
         per_class[c] = [f"{c}/{f}" for f in files]
         others += [f"{c}/{f}" for f in not_images]
         if not files:
@@ -217,15 +218,16 @@ def _test_split(root: Path, train_root: Path, classes) -> Split | None:
     test_root = root / "test"
     if train_root == root or not test_root.is_dir():
         return None
-    sub = _subfolders(test_root)
+    sub = subfolders(test_root)
     if sub:
         unknown = [c for c in sub if c not in classes]
         if unknown:
             raise PcamError(f"{test_root}: class folder(s) {', '.join(unknown)} are not among "
                             f"the training classes ({', '.join(classes)})")
-        pairs = [(f"{c}/{f}", classes.index(c)) for c in sub for f in _images_under(test_root / c)[0]]
+        pairs = [(f"{c}/{f}", classes.index(c)) for c in sub
+                 for f in images_under(test_root / c)[0]]
     else:
-        pairs = [(f, -1) for f in _images_under(test_root)[0]]
+        pairs = [(f, -1) for f in images_under(test_root)[0]]
     if not pairs:
         return None
     return Split("test", test_root, tuple(p for p, _ in pairs), tuple(y for _, y in pairs),
