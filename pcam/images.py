@@ -288,13 +288,18 @@ def _decode_pillow(fh: BinaryIO, head: bytes) -> tuple[np.ndarray | None, str]:
                     return _decode_png16(fh)
                 im.load()
                 return _pillow_to_rgb8(im, fmt)
-    except UnidentifiedImageError:
-        return None, "is not an image (not TIFF, PNG, JPEG, BMP or another format Pillow reads)"
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        return None, (f"is too large to decode safely ({_reason(err)}); "
-                      "reduce it or raise PIL.Image.MAX_IMAGE_PIXELS knowingly")
     except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, ...
-        return None, f"cannot be decoded as {fmt} ({_reason(err)})"
+        return None, _pillow_problem(err, f"cannot be decoded as {fmt}")
+
+
+def _pillow_problem(err: Exception, otherwise: str) -> str:
+    """What a Pillow exception says about a file, as a problem phrase."""
+    if isinstance(err, UnidentifiedImageError):
+        return "is not an image (not TIFF, PNG, JPEG, BMP or another format Pillow reads)"
+    if isinstance(err, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        return (f"is too large to decode safely ({_reason(err)}); "
+                "reduce it or raise PIL.Image.MAX_IMAGE_PIXELS knowingly")
+    return f"{otherwise} ({_reason(err)})"
 
 
 def _pillow_to_rgb8(im: Image.Image, fmt: str) -> tuple[np.ndarray | None, str]:
@@ -401,13 +406,8 @@ def _probe_pillow(fh: BinaryIO) -> tuple[tuple[int, int] | None, str]:
             with Image.open(fh) as im:  # lazy: reads the header only
                 width, height = im.size
                 mode, fmt = im.mode, im.format or "image"
-    except UnidentifiedImageError:
-        return None, "is not an image (not TIFF, PNG, JPEG, BMP or another format Pillow reads)"
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        return None, (f"is too large to decode safely ({_reason(err)}); "
-                      "reduce it or raise PIL.Image.MAX_IMAGE_PIXELS knowingly")
     except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, ...
-        return None, f"cannot be read as an image ({_reason(err)})"
+        return None, _pillow_problem(err, "cannot be read as an image")
     if mode == "F":
         return None, f"is a 32-bit float {fmt}; convert it to 8- or 16-bit RGB"
     return (height, width), ""
