@@ -225,15 +225,16 @@ class ModelSettings:
     """Which network: a backbone from the registry and its head."""
 
     backbone: str = _opt("resnet50", "backbone from the registry (a wrong name lists them)")
-    image_size: int = _opt(96, "input size the backbone sees; tiles are resized inside the "
-                               "model (96 native; top solutions used 224)")
+    image_size: int = _opt(0, "input size the backbone sees; tiles are resized to it inside "
+                              "the model (0: the size of the tiles fed, i.e. the store's tile "
+                              "size or --centre-crop; PCam top solutions upsampled 96 to 224)")
     weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, or a weights file")
     dense_units: int = _opt(256, "units of the head's hidden Dense layer")
     dropout: float = _opt(0.5, "dropout before the output unit")
 
     def __post_init__(self):
         # The backbone's own smallest size is checked by pcam.models, which knows it.
-        _check(self, image_size=_at_least(1), dense_units=_at_least(1), dropout=_fraction())
+        _check(self, image_size=_at_least(0), dense_units=_at_least(1), dropout=_fraction())
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def run_cv(settings: RunSettings) -> dict | None:
         _check_crop(settings, source.tile_size)
         store = prepare(settings.data, splits=("train",), source=source)["train"]
     _check_crop(settings, store.tile_size)
-    settings = dataclasses.replace(settings, data=resolve_data(settings.data, store))
+    settings = resolve(settings, store)
     # Locks (pcam.locks), taken by the chief only: other workers write nothing
     # of the run. The run's own lock is held briefly (settings and folds, then
     # the summary), so processes training other folds of it (--fold K on
@@ -141,11 +141,17 @@ def run_cv(settings: RunSettings) -> dict | None:
     return summary
 
 
-def resolve_data(data: DataSettings, store: Store) -> DataSettings:
-    """``data`` with the dataset's facts as the store recorded them: what the
-    run's config.json keeps, so that every later step reads them from there."""
-    return dataclasses.replace(data, source=store.manifest["kind"], classes=store.classes,
-                               positive=store.manifest["positive"], tile_size=store.tile_size)
+def resolve(settings: RunSettings, store: Store) -> RunSettings:
+    """``settings`` with the dataset's facts as the store recorded them (classes,
+    positive class, tile size) and the backbone's input size made explicit
+    (0: the size of the tiles fed): what the run's config.json keeps, so that
+    every later step reads them from there."""
+    data = dataclasses.replace(settings.data, source=store.manifest["kind"],
+                               classes=store.classes, positive=store.manifest["positive"],
+                               tile_size=store.tile_size)
+    fed = settings.augment.centre_crop or store.tile_size
+    model = dataclasses.replace(settings.model, image_size=settings.model.image_size or fed)
+    return dataclasses.replace(settings, data=data, model=model)
 
 
 def _check_crop(settings: RunSettings, tile_size: int) -> None:

@@ -92,6 +92,7 @@ def test_a_class_folder_dataset_trains_reports_predicts_and_explains(runs, name,
     run = tmp / "runs" / "r"
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["classes"] == classes and config["data"]["tile_size"] == 32
+    assert config["model"]["image_size"] == 32  # 0 resolved: the tiles fed, not PCam's 96
     manifest = json.loads((tmp / "store" / "train" / "manifest.json").read_text())
     assert manifest["classes"] == classes and manifest["tile_shape"] == [32, 32, 3]
 
