@@ -20,6 +20,10 @@ from pathlib import Path
 
 NOTE = "For research and teaching, not for diagnosis."
 ENSEMBLE = "all finished folds (ensemble)"
+# A tool, not a dev server: no "Deploy" button or developer menu, no telemetry.
+SERVER_OPTIONS = ("--server.headless", "true", "--browser.gatherUsageStats", "false",
+                  "--client.toolbarMode", "viewer")
+TILE_WIDTH = 224  # px on the page for a tile-sized upload (a 96 px tile blown up to a column is a blur)
 
 
 def main(argv=None) -> None:
@@ -32,8 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=8501, help="port to serve on")
     args = parser.parse_args(argv)
     cmd = [sys.executable, "-m", "streamlit", "run", __file__, "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--", "--run", args.run, "--runs-dir", args.runs_dir]
+           *SERVER_OPTIONS, "--", "--run", args.run, "--runs-dir", args.runs_dir]
     sys.exit(subprocess.call(cmd))
 
 
@@ -146,8 +149,9 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
         left, right = st.columns([1, 2], gap="large")
         with left:
             st.markdown(f"#### {name}")
+            small = max(image.shape[:2]) <= TILE_WIDTH
             st.image(image, caption=f"{image.shape[1]}x{image.shape[0]} px",
-                     width="stretch")
+                     width=TILE_WIDTH if small else "stretch")
             st.markdown(f"Predicted: **{row['predicted']}**"
                         + (f" (threshold {info.threshold:.3f})" if info.binary else ""))
             shown = info.positive if info.binary else row["predicted"]
@@ -156,8 +160,11 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
                 st.progress(float(np.clip(row[c], 0, 1)), text=f"{c}: {row[c]:.4f}")
         with right:
             st.markdown(f"Grad-CAM for **{target}** (fold {folds[0]})")
-            fig = _gradcam_figure(explain, image, info, target, name)
+            fig, peak = _gradcam_figure(explain, image, info, target, name)
             st.image(fig, width="stretch")
+            if peak == 0:
+                st.caption(f"The map is empty: this model found no evidence for {target} "
+                           "anywhere in this image.")
             st.download_button("Grad-CAM (PNG)", fig, file_name=f"{Path(name).stem}-gradcam.png",
                                mime="image/png", key=f"cam-{i}")
             if min(image.shape[:2]) > info.tile_size:
@@ -185,8 +192,9 @@ def _augment(info):
     return AugmentSettings(centre_crop=info.centre_crop)
 
 
-def _gradcam_figure(explain, image, info, target: str, name: str) -> bytes:
-    """The tile's Grad-CAM figure (``pcam.figures.explanation``) as PNG bytes."""
+def _gradcam_figure(explain, image, info, target: str, name: str) -> tuple[bytes, float]:
+    """The tile's Grad-CAM figure (``pcam.figures.explanation``) as PNG bytes,
+    and the raw map's peak (0: no evidence anywhere)."""
     import numpy as np
 
     from pcam.augment import compose, eval_ops
@@ -200,8 +208,9 @@ def _gradcam_figure(explain, image, info, target: str, name: str) -> bytes:
     heat, probs = gradcam(explain, fed, index)
     p = float(probs[0]) if info.binary else float(probs[0][index])
     p_target = p if not info.binary or index == 1 else 1 - p
-    return png_bytes(explanation(fed[0], heat[0], name, f"p({target}) = {p_target:.4f} "
-                                 f"(this fold)", label_region=info.label_region))
+    figure = explanation(fed[0], heat[0], name, f"p({target}) = {p_target:.4f} (this fold)",
+                         label_region=info.label_region)
+    return png_bytes(figure), float(heat[0].max())
 
 
 def _cached(kind):

@@ -214,8 +214,8 @@ def heat_map_figure(heat: HeatMap, image: np.ndarray, title: str):
 
     height, width = image.shape[:2]
     aspect = height / width
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 0.5 + 4.6 * aspect),
-                             gridspec_kw={"wspace": 0.08})
+    # Constrained layout keeps the two-line title clear of the panels' titles.
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 1.0 + 4.6 * aspect), layout="constrained")
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=10)
     axes[1].imshow(image)
