@@ -9,10 +9,12 @@ are spread over its *footprint* and averaged where footprints overlap.
 
 The footprint is the part of the window the answer is about: PCam labels
 describe the centre 32x32 of a 96 px tile (``ModelInfo.label_region``), so
-there a window speaks for its centre square; a model whose label covers the
-whole tile speaks for the whole window. The footprint is at least ``stride``
-wide, so footprints always meet; pixels no footprint covers (a border half a
-window wide, less the footprint) are NaN.
+there a window speaks for its centre square; a model without a label region
+speaks for the centre third of its window, so that the map resolves regions
+as small as the stride rather than blurring them over a whole tile (``region
+0`` spreads over the whole window instead). The footprint is at least
+``stride`` wide, so footprints always meet, and the windows on the image's
+edges reach out to it: every pixel is covered.
 
 The averaging is two matrix products (rows covered x window grid x columns
 covered), not a loop over windows, and so is the cutting (a strided view).
@@ -46,8 +48,7 @@ class HeatMap:
         xs: left columns of the window grid's columns, (C,).
         grid: window probabilities: (R, C) of the positive class for two
             classes, (R, C, K) otherwise.
-        pixels: per-pixel mean of the covering windows: (H, W) or (H, W, K);
-            NaN where no footprint covers the pixel.
+        pixels: per-pixel mean of the covering windows: (H, W) or (H, W, K).
     """
 
     classes: tuple[str, ...]
@@ -106,10 +107,15 @@ def cut_windows(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, tile: int) ->
 
 
 def _coverage(starts: np.ndarray, length: int, tile: int, footprint: int) -> np.ndarray:
-    """(len(starts), length) float32: 1 where a window's footprint covers a pixel."""
+    """(len(starts), length) float32: 1 where a window's footprint covers a pixel.
+
+    The first and last windows' footprints reach out to the image's edges
+    (nothing nearer to the edge speaks for those pixels)."""
     lo = starts + (tile - footprint) // 2
+    hi = lo + footprint
+    lo[0], hi[-1] = 0, length
     pixels = np.arange(length)
-    return ((pixels >= lo[:, None]) & (pixels < lo[:, None] + footprint)).astype(np.float32)
+    return ((pixels >= lo[:, None]) & (pixels < hi[:, None])).astype(np.float32)
 
 
 def heat_map(ensemble: Sequence, image: np.ndarray, info, stride: int | None = None,
@@ -124,8 +130,9 @@ def heat_map(ensemble: Sequence, image: np.ndarray, info, stride: int | None = N
         views: dihedral test-time views (``pcam.inference.TTA_VIEWS[n]``).
         batch: images per model call (windows x views).
         region: side of the centre square a window's answer is about (-1: the
-            model's ``label_region``; 0: the whole window). PCam tiles in class
-            folders carry no region; 32 says what their labels mean.
+            model's ``label_region``, else a third of the tile; 0: the whole
+            window). PCam tiles in class folders carry no region; 32 says
+            what their labels mean.
 
     Returns:
         The ``HeatMap``.
@@ -158,7 +165,8 @@ def heat_map(ensemble: Sequence, image: np.ndarray, info, stride: int | None = N
     probs = np.concatenate(per_chunk)
     grid = probs.reshape(len(ys), len(xs), *probs.shape[1:]).astype(np.float32)
 
-    region = info.label_region if region < 0 else region
+    if region < 0:
+        region = info.label_region or max(1, tile // 3)
     footprint = min(tile, max(region or tile, stride))
     rows = _coverage(ys, height, tile, footprint)            # (R, H)
     cols = _coverage(xs, width, tile, footprint)             # (C, W)

@@ -414,8 +414,8 @@ class HeatmapSettings:
     tta: int = _opt(1, "test-time views per window (1: none; 2, 4 or 8 dihedral views)",
                     choices=(1, 2, 4, 8))
     region: int = _opt(-1, "side of the centre square a window's answer is about (-1: the "
-                           "run's, e.g. 32 for the Kaggle PCam store; 0: the whole window; "
-                           "32 for PCam tiles trained from class folders)")
+                           "run's label region, e.g. 32 for the Kaggle PCam store, else a "
+                           "third of the tile; 0: the whole window)")
     batch_size: int = _opt(256, "windows x views per model call")
     out: str = _opt("heatmaps", "folder for IMAGE-heatmap.png and IMAGE-heatmap.csv")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pcam.app import SERVER_OPTIONS
 from pcam.images import decode_bytes
 from tests.conftest import REPO
 from tests.pcam_tiles_run import trained_run, valid_tiles
@@ -54,10 +55,13 @@ def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):
     Image.fromarray(np.concatenate([np.concatenate(tiles[:2], axis=1),
                                     np.concatenate(tiles[2:], axis=1)])).save(big)
     truncated = blobs[0][:len(blobs[0]) // 3]
+    kather = REPO.parent / "shared" / "data" / "kather-8class" / "01_TUMOR"
+    tiff = sorted(kather.iterdir())[0] if kather.is_dir() else big  # a class-folder TIFF, 150 px
     uploads = ([(p.name, b, "image/jpeg") for p, b in zip(paths, blobs)]
                + [("notes.txt", b"not an image", "text/plain"),
                   ("cut.jpg", truncated, "image/jpeg"),
-                  ("big.png", big.read_bytes(), "image/png")])
+                  ("big.png", big.read_bytes(), "image/png"),
+                  ("class-folder.tif", tiff.read_bytes(), "image/tiff")])
 
     at = AppTest.from_file(str(APP), default_timeout=240)
     at.run()
@@ -72,14 +76,15 @@ def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):
         and errors[1].startswith("cut.jpg "), errors
     assert all("\n" not in e for e in errors)
     table = at.dataframe[0].value
-    assert list(table["path"]) == [p.name for p in paths] + ["big.png"]
-    expected = library_probs(run, blobs + [big.read_bytes()])
+    assert list(table["path"]) == [p.name for p in paths] + ["big.png", "class-folder.tif"]
+    expected = library_probs(run, blobs + [big.read_bytes(), tiff.read_bytes()])
     np.testing.assert_allclose(table["1"].to_numpy(), expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(table["0"].to_numpy(), 1 - expected, rtol=0, atol=1e-6)
     shown = [float(m) for m in re.findall(r"p\(1\) = `([0-9.]+)`",
                                           " ".join(m.value for m in at.markdown))]
     np.testing.assert_allclose(shown, expected, atol=1e-6)
-    assert sum("Heat map" in m.value for m in at.markdown) == 1  # only the large image
+    # Only the two images larger than a tile get a heat map.
+    assert sum("Heat map" in m.value for m in at.markdown) == 2
 
 
 def free_port() -> int:
@@ -96,8 +101,7 @@ def served(run, tmp_path):
     log = open(tmp_path / "streamlit.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--", "--run", str(run)],
+         "--server.address", "127.0.0.1", *SERVER_OPTIONS, "--", "--run", str(run)],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     url = f"http://127.0.0.1:{port}"
@@ -149,8 +153,11 @@ def upload_and_read(driver, url: str, files: list[Path], timeout: float = 120) -
     def shown(d):
         found = [pattern.search(e.text) for e in d.find_elements(By.CSS_SELECTOR, "p")]
         values = [float(m.group(1)) for m in found if m]
-        figures = d.find_elements(By.CSS_SELECTOR, "[data-testid=stImage] img")
-        return values if len(values) == len(files) and len(figures) >= 2 * len(files) else False
+        # Done when every file shows its number, its picture and its Grad-CAM, drawn.
+        drawn = d.execute_script("return [...document.querySelectorAll("
+                                 "'[data-testid=stImage] img')].filter("
+                                 "i => i.complete && i.naturalWidth > 0).length")
+        return values if len(values) == len(files) and drawn >= 2 * len(files) else False
 
     return wait.until(shown)
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pcam.images import decode_image
+from tests.conftest import REPO
 from tests.pcam_tiles_run import trained_run, valid_tiles
 
 SIDE = 8  # mosaic of SIDE x SIDE tiles
@@ -90,3 +91,52 @@ def test_script_writes_png_and_grid_csv(run, mosaic, tmp_path, capsys):
             main(["--run", str(run), *bad, "--out", str(out)])
         err = capsys.readouterr().err
         assert done.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+KATHER = REPO.parent / "shared" / "data" / "kather-8class"
+
+
+@pytest.fixture(scope="module")
+def kather_run(tmp_path_factory):
+    """simple-cnn on the 8 Kather tissue classes at 48 px (24 of 30 images a class)."""
+    from pcam.commands.train import main
+
+    if not KATHER.is_dir():
+        pytest.skip(f"{KATHER} not found: the Kather test runs only beside ../shared/data")
+    work = tmp_path_factory.mktemp("kather")
+    for folder in sorted(KATHER.iterdir()):
+        (work / "data" / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:24]:
+            (work / "data" / folder.name / f.name).symlink_to(f)
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in (
+            "--data-dir", work / "data", "--store-dir", work / "store", "--runs-dir",
+            work / "runs", "--run", "k", "--backbone", "simple-cnn", "--weights", "none",
+            "--tile-size", 48, "--epochs-frozen", 0, "--epochs-finetune", 8, "--folds", 2,
+            "--fold", 0, "--batch-size", 16, "--lr-finetune", 3e-3, "--no-report")])
+    assert done.value.code == 0
+    return work / "runs" / "k"
+
+
+def test_kather_class_map_majority_agrees_with_the_tiles(kather_run):
+    """A 4x4 mosaic of held-out Kather tiles (the 6 images a class not trained
+    on), 48 px: the class map's majority over each tile's cell is the model's
+    answer on that tile alone."""
+    from pcam.heatmap import heat_map
+    from pcam.inference import as_tiles, load_ensemble, predict_tiles
+
+    ensemble = load_ensemble(kather_run, [0])
+    info = ensemble[0][1]
+    files = [sorted(folder.iterdir())[24 + k % 6] for k, folder in
+             enumerate(sorted(KATHER.iterdir()) * 2)]
+    tiles = as_tiles([decode_image(f)[0] for f in files], 48)
+    image = tiles.reshape(4, 4, 48, 48, 3).transpose(0, 2, 1, 3, 4).reshape(192, 192, 3)
+    heat = heat_map(ensemble, image, info, stride=12)
+    assert heat.pixels.shape == (192, 192, 8) and not heat.binary
+    np.testing.assert_allclose(heat.pixels.sum(axis=-1), 1, atol=1e-4)
+    own = predict_tiles(ensemble, tiles, (0,)).argmax(axis=1)
+    cells = heat.class_map.reshape(4, 48, 4, 48).transpose(0, 2, 1, 3).reshape(16, -1)
+    majority = np.array([np.bincount(c, minlength=8).argmax() for c in cells])
+    agree = (majority == own).mean()
+    assert len(set(own)) >= 3, "the model answers one class everywhere: too weak to test with"
+    assert agree >= 0.8, (agree, majority, own)
