@@ -137,8 +137,9 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     table = probability_table(names, probs, info.classes, info.threshold)
     st.subheader("Results")
     st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.6f")
-                                for c in info.classes})
+                 column_config={"path": st.column_config.TextColumn("file", width="small"),
+                                **{c: st.column_config.NumberColumn(format="%.6f")
+                                   for c in info.classes}})
     st.download_button("Download the table (CSV)", table.to_csv(index=False, float_format="%.6g"),
                        file_name="pcam-predictions.csv", mime="text/csv")
 
