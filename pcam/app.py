@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pcam.errors import PcamError
+
 NOTE = "For research and teaching, not for diagnosis."
 ENSEMBLE = "all finished folds (ensemble)"
 # A tool, not a dev server: no "Deploy" button or developer menu, no telemetry.
@@ -74,8 +76,6 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     import numpy as np
     import streamlit as st
 
-    from pcam.errors import PcamError
-
     st.set_page_config(page_title="pcam", page_icon="🔬", layout="wide")
     args = page_args(sys.argv[1:])
     st.title("pcam: tile classifier")
@@ -86,7 +86,8 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
         st.header("Model")
         choices = list(dict.fromkeys([r for r in [args.run] if r] + runs))
         picked = st.selectbox("Run", choices, index=0) if choices else ""
-        run = st.text_input("or a run folder", value="", placeholder="runs/NAME").strip() or picked
+        run = st.text_input("or a run folder, or a model file", value="",
+                            placeholder="runs/NAME or .../best.keras").strip() or picked
         if not run:
             st.warning(f"No run found under {args.runs_dir}/: train one with scripts/train.py, "
                        "or give its folder here.")
@@ -96,8 +97,12 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
         except PcamError as err:
             st.error(str(err))
             st.stop()
-        fold_choice = st.selectbox("Folds", [ENSEMBLE] + [f"fold {k}" for k in folds_done])
-        folds = tuple(folds_done) if fold_choice == ENSEMBLE else (int(fold_choice.split()[1]),)
+        if folds_done:
+            fold_choice = st.selectbox("Folds", [ENSEMBLE] + [f"fold {k}" for k in folds_done])
+            folds = (tuple(folds_done) if fold_choice == ENSEMBLE
+                     else (int(fold_choice.split()[1]),))
+        else:  # a model file: itself (its model.json beside it)
+            folds = (-1,)
         tta = st.toggle("Test-time augmentation (8 views)", value=False)
 
     try:
@@ -160,8 +165,13 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
             for c in info.classes:
                 st.progress(float(np.clip(row[c], 0, 1)), text=f"{c}: {row[c]:.4f}")
         with right:
-            st.markdown(f"Grad-CAM for **{target}** (fold {folds[0]})")
-            fig, peak = _gradcam_figure(explain, image, info, target, name)
+            which = f"fold {folds[0]}" if folds[0] >= 0 else Path(run).name
+            st.markdown(f"Grad-CAM for **{target}** ({which})")
+            try:
+                fig, peak = _gradcam_figure(explain, image, info, target, name)
+            except PcamError as err:  # one image's problem; the others still show
+                st.error(f"{name}: {err}")
+                continue
             st.image(fig, width="stretch")
             if peak == 0:
                 st.caption(f"The map is empty: this model found no evidence for {target} "
@@ -171,7 +181,11 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
             if min(image.shape[:2]) > info.tile_size:
                 from pcam.heatmap import heat_map, heat_map_figure
 
-                heat = heat_map(ensemble, image, info, views=views)
+                try:
+                    heat = heat_map(ensemble, image, info, views=views)
+                except PcamError as err:
+                    st.error(f"{name}: {err}")
+                    continue
                 png = png_bytes(heat_map_figure(heat, image, name))
                 st.markdown("Heat map over the whole image")
                 st.image(png, width="stretch")
@@ -180,8 +194,18 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
                                    mime="image/png", key=f"map-{i}")
 
 
+def _model_file(run: str) -> bool:
+    return run.endswith(".keras")
+
+
 def _finished(run: str) -> list[int]:
+    """The run's finished folds; [] for a model file (``best.keras`` + its ``model.json``)."""
     from pcam.runs import load_run, resolve_folds
+
+    if _model_file(run):
+        if not Path(run).is_file():
+            raise PcamError(f"{run}: no such model file")
+        return []
 
     run_dir, config = load_run(run)
     return resolve_folds(run_dir, config)
@@ -223,6 +247,10 @@ def _cached(kind):
 def _load_ensemble(run: str, folds: tuple) -> list:
     from pcam.inference import load_ensemble
 
+    from pcam.runs import load_model_with_info
+
+    if _model_file(run):
+        return [load_model_with_info(Path(run))]
     return load_ensemble(Path(run), folds)
 
 
@@ -230,7 +258,8 @@ def _load_explainer(run: str, fold: int):
     from pcam.gradcam import explainer
     from pcam.runs import load_model_with_info
 
-    model, _ = load_model_with_info(Path(run) / f"fold_{fold}" / "best.keras")
+    path = Path(run) if _model_file(run) else Path(run) / f"fold_{fold}" / "best.keras"
+    model, _ = load_model_with_info(path)
     return explainer(model)
 
 

@@ -86,6 +86,15 @@ def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):
     # Only the two images larger than a tile get a heat map.
     assert sum("Heat map" in m.value for m in at.markdown) == 2
 
+    # A model file instead of a run folder: the same model, the same numbers.
+    at.text_input[0].input(str(run / "fold_0" / "best.keras")).run()
+    at.file_uploader[0].set_value(uploads[:1]).run()
+    assert not at.exception and not at.error
+    np.testing.assert_allclose(at.dataframe[0].value["1"], expected[:1], atol=1e-6)
+    at.text_input[0].input(str(run / "fold_0" / "missing.keras")).run()
+    assert [e.value for e in at.error] == [f"{run / 'fold_0' / 'missing.keras'}: no such "
+                                           "model file"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
