@@ -402,3 +402,25 @@ class ExplainSettings:
 
     def __post_init__(self):
         _check(self, fold=_at_least(-1))
+
+
+@dataclass(frozen=True)
+class HeatmapSettings:
+    """Which run maps which images, and how densely (see pcam/heatmap.py)."""
+
+    run: str = _opt("", "the run folder whose model(s) map the images (runs/NAME)")
+    folds: tuple = _opt((), "fold numbers to ensemble; empty: every finished fold")
+    images: tuple = _opt((), "image files larger than the run's tile (TIFF, PNG, JPEG)")
+    stride: int = _opt(0, "pixels between neighbouring windows (0: a third of the tile)")
+    tta: int = _opt(1, "test-time views per window (1: none; 2, 4 or 8 dihedral views)",
+                    choices=(1, 2, 4, 8))
+    region: int = _opt(-1, "side of the centre square a window's answer is about (-1: the "
+                           "run's label region, e.g. 32 for the Kaggle PCam store, else a "
+                           "third of the tile; 0: the whole window)")
+    batch_size: int = _opt(256, "windows x views per model call")
+    out: str = _opt("heatmaps", "folder for IMAGE-heatmap.png and IMAGE-heatmap.csv")
+
+    def __post_init__(self):
+        _check(self, stride=_at_least(0), region=_at_least(-1), batch_size=_at_least(1),
+               folds=(lambda v: all(isinstance(k, int) and k >= 0 for k in v),
+                      "fold numbers, 0 or more"))
