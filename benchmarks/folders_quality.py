@@ -18,12 +18,13 @@ decay, batch 32, the 8 dihedral views, balanced class weights. Floors
 CNN at 96 px, 20 epochs, no colour augmentation, as measured by the
 maintainers.
 
-Ablation on oral-oscc, fold 0 of 5 only (validation AUC; ~2.5 min each):
-96 px + colour and stain jitter 0.817 (its 5-fold pooled OOF: 0.834);
-96 px, no colour jitter 0.886; 128 px, no colour jitter 0.895; 96 px, 60
-epochs 0.886. Colour jitter, which helps PCam on slides it never saw, hurts
-here, where every fold holds images like the training ones; more epochs do
-not help.
+Ablation on oral-oscc, fold 0 of 5 only (validation AUC; 2.5-7 min each on
+a shared machine): 96 px + colour and stain jitter 0.817 (its 5-fold pooled
+OOF: 0.834); 96 px, no colour jitter 0.886; 96 px, 60 epochs 0.886; 128 px
+tiles squeezed to 96 inside the model (the old --image-size default) 0.895;
+128 px throughout 0.910. Colour jitter, which helps PCam on slides it never
+saw, hurts here, where every fold holds images like the training ones; more
+epochs do not help; resolution does.
 """
 from __future__ import annotations
 
