@@ -22,9 +22,11 @@ Ablation on oral-oscc, fold 0 of 5 only (validation AUC; 2.5-7 min each on
 a shared machine): 96 px + colour and stain jitter 0.817 (its 5-fold pooled
 OOF: 0.834); 96 px, no colour jitter 0.886; 96 px, 60 epochs 0.886; 128 px
 tiles squeezed to 96 inside the model (the old --image-size default) 0.895;
-128 px throughout 0.910. Colour jitter, which helps PCam on slides it never
+128 px throughout 0.910. Over all 5 folds, 128 px throughout gave a pooled
+OOF AUC of 0.890 (0.870-0.911), against 0.899 (0.877-0.919) squeezed to 96:
+no gain beyond noise. Colour jitter, which helps PCam on slides it never
 saw, hurts here, where every fold holds images like the training ones; more
-epochs do not help; resolution does.
+epochs do not help.
 """
 from __future__ import annotations
 
