@@ -427,8 +427,12 @@ def test_script_stopped_mid_download_resumes_on_the_next_run(layout_zip, kaggle_
     with FakeKaggle() as fake:
         fake.add_competition(NAME, zip_bytes)
         fake.hang_once_at = len(zip_bytes) * 2 // 3  # the client writes its first 1 MiB, then waits
+        # SIGINT restored in the child: a test run started in the background
+        # (a job of a non-interactive shell) inherits it ignored, and Ctrl-C
+        # would then never reach the download.
         first = subprocess.Popen(command, env=fake.subprocess_env(kaggle_home), cwd=kaggle_home,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while not (partial.is_file() and partial.stat().st_size >= 2**20):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
