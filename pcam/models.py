@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from pcam.errors import PcamError
+from pcam.task import output_units
 
 DEFAULT_BACKBONE = "resnet50"
 # simple-cnn's design size: 3 stride-2 convolutions take 96 px to a 12x12 map
@@ -263,7 +264,7 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 so that the probability (and the loss) stays float32 under mixed precision.
-    units = 1 if num_classes == 2 else num_classes
+    units = output_units(num_classes)
     outputs = keras.layers.Dense(units, activation="sigmoid" if units == 1 else "softmax",
                                  dtype="float32", name="prediction")(x)
     return keras.Model(inputs, outputs, name=model_name(name))

@@ -65,11 +65,6 @@ class Source:
     def positive(self) -> str:
         return self.classes[1] if len(self.classes) == 2 else ""
 
-    def resolve(self, data: DataSettings) -> DataSettings:
-        """``data`` with the facts filled in, as a run's config.json records them."""
-        return replace(data, source=self.kind, classes=self.classes, positive=self.positive,
-                       tile_size=self.tile_size)
-
 
 def read_source(data: DataSettings) -> Source:
     """Recognise and scan ``data.data_dir``: a Kaggle layout or class folders.
