@@ -2,7 +2,10 @@
 the 20,000 real train tiles reach validation AUC >= 0.90 on the 3,000 real
 valid tiles within 45 minutes on this machine?
 
-    python benchmarks/real_pcam.py [--work /tmp/pcam-bench] [--epochs 12]
+    python benchmarks/real_pcam.py [--work /tmp/pcam-bench] [--epochs 16] [-- TRAIN OPTIONS]
+
+Options after ``--`` go to scripts/train.py after the recipe's own, so an
+ablation changes one setting (e.g. ``-- --stain 0`` or ``-- --ema``).
 
 The real tiles are laid out as the competition ships them (train/ from the
 20,000 train tiles, test/ from the 3,000 valid tiles, answers beside). The
@@ -33,7 +36,10 @@ def main():
     parser.add_argument("--work", type=Path, default=Path("/tmp/pcam-bench"))
     parser.add_argument("--epochs", type=int, default=16, help="epochs of the (only) phase")
     parser.add_argument("--run", default="real-pcam-cpu")
+    parser.add_argument("train_options", nargs=argparse.REMAINDER,
+                        help="-- then options for scripts/train.py, after the recipe's")
     args = parser.parse_args()
+    extra = [a for a in args.train_options if a != "--"]
     args.work.mkdir(parents=True, exist_ok=True)
     layout = kaggle_layout(args.work)
     runs = args.work / "runs"
@@ -41,7 +47,7 @@ def main():
 
     command = [sys.executable, str(REPO / "scripts" / "train.py"), "--data-dir", str(layout),
                "--runs-dir", str(runs), "--run", args.run, *CPU_RECIPE,
-               "--epochs-finetune", str(args.epochs)]
+               "--epochs-finetune", str(args.epochs), *extra]
     print("$ " + " ".join(command[1:]), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -62,7 +68,8 @@ def main():
         scored[tta] = record["answers"]["auc"], time.perf_counter() - start_predict
     total_s = train_s + scored[8][1]  # training, then the default prediction
     internal = pd.read_csv(runs / args.run / "fold_0" / "oof.csv")
-    table("Real PCam, CPU recipe (" + " ".join(CPU_RECIPE) + f" --epochs-finetune {args.epochs})",
+    recipe = " ".join([*CPU_RECIPE, "--epochs-finetune", str(args.epochs), *extra])
+    table(f"Real PCam, CPU recipe ({recipe})",
           [("fold-0 validation (2,000 of the train tiles)",
             f"{auc(internal['label'], internal['prob']):.4f}", ""),
            ("held-out valid tiles (3,000), no TTA", f"{scored[1][0]:.4f}",
