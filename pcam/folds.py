@@ -28,15 +28,24 @@ def subset(index: pd.DataFrame, max_tiles: int, seed: int) -> pd.DataFrame:
     return index.loc[np.sort(keep)]
 
 
+GROUP_COLUMNS = ("wsi", "slide", "patient", "group")
+
+
 def read_groups(path: Path, ids) -> np.ndarray:
-    """Group (slide) of each id from a CSV with an id column and one group column."""
+    """Group (slide) of each id from a CSV with an id column and a group column:
+    the first of ``GROUP_COLUMNS`` present, else the first column after id
+    (the public PCam slide map ``patch_id_wsi_full.csv`` has ``id,wsi``)."""
     path = Path(path)
     if not path.is_file():
         raise PcamError(f"{path}: groups file not found (expected a CSV mapping id -> slide)")
     table = pd.read_csv(path, dtype=str)
     if "id" not in table.columns or len(table.columns) < 2:
         raise PcamError(f"{path}: needs an 'id' column and a group column (e.g. id,wsi)")
-    group_col = [c for c in table.columns if c != "id"][0]
+    # A named slide column wins over position: a CSV saved from pandas with its
+    # index carries an unnamed first column of row numbers.
+    others = [c for c in table.columns if c != "id"]
+    named = [c for c in others if c.lower() in GROUP_COLUMNS]
+    group_col = (named or others)[0]
     groups = table.drop_duplicates("id").set_index("id")[group_col].reindex(list(ids))
     missing = groups.index[groups.isna()]
     if len(missing):

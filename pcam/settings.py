@@ -226,8 +226,9 @@ class ModelSettings:
 
     backbone: str = _opt("resnet50", "backbone from the registry (a wrong name lists them)")
     image_size: int = _opt(0, "input size the backbone sees; tiles are resized to it inside "
-                              "the model (0: the size of the tiles fed, i.e. the store's tile "
-                              "size or --centre-crop; PCam top solutions upsampled 96 to 224)")
+                              "the model (0: with ImageNet weights, the tiles fed upsampled 2x "
+                              "up to the backbone's native size, e.g. PCam's 96 px to 192; "
+                              "from random weights, the size of the tiles fed)")
     weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, or a weights file")
     dense_units: int = _opt(256, "units of the head's hidden Dense layer")
     dropout: float = _opt(0.5, "dropout before the output unit")

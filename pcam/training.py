@@ -39,7 +39,8 @@ from pcam.errors import PcamError
 from pcam.evaluate import evaluate
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
 from pcam.io import atomic_write_text, read_csv_log, remove_stale_temporaries
-from pcam.models import count_trainable_weights, create_model, get_backbone, set_backbone_trainable
+from pcam.models import (count_trainable_weights, create_model, default_image_size, get_backbone,
+                         set_backbone_trainable)
 from pcam.pipeline import eval_dataset, train_dataset
 from pcam.runs import ModelInfo, load_fold_model
 from pcam.settings import (DataSettings, EvaluateSettings, RunSettings, TrainSettings, from_json,
@@ -144,13 +145,15 @@ def run_cv(settings: RunSettings) -> dict | None:
 def resolve(settings: RunSettings, store: Store) -> RunSettings:
     """``settings`` with the dataset's facts as the store recorded them (classes,
     positive class, tile size) and the backbone's input size made explicit
-    (0: the size of the tiles fed): what the run's config.json keeps, so that
+    (0: ``pcam.models.default_image_size``): what the run's config.json keeps, so that
     every later step reads them from there."""
     data = dataclasses.replace(settings.data, source=store.manifest["kind"],
                                classes=store.classes, positive=store.manifest["positive"],
                                tile_size=store.tile_size)
     fed = settings.augment.centre_crop or store.tile_size
-    model = dataclasses.replace(settings.model, image_size=settings.model.image_size or fed)
+    m = settings.model
+    model = dataclasses.replace(
+        m, image_size=m.image_size or default_image_size(m.backbone, fed, m.weights))
     return dataclasses.replace(settings, data=data, model=model)
 
 

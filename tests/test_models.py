@@ -208,6 +208,18 @@ def test_backbone_weights_from_a_local_file(tmp_path):
         models.create_model("simple-cnn", weights=str(other))
 
 
+@pytest.mark.parametrize("name, tile, weights, expected", [
+    ("resnet50", 96, "imagenet", 192),    # PCam tiles, ImageNet weights: upsampled 2x
+    ("resnet50", 150, "imagenet", 224),   # capped at the native size
+    ("resnet50", 224, "imagenet", 224),
+    ("resnet50", 96, "none", 96),         # from random weights: as fed
+    ("resnet50", 96, "/some/weights.h5", 96),
+    ("simple-cnn", 96, "imagenet", 96),   # no ImageNet weights to match
+])
+def test_default_image_size_follows_the_recipe(name, tile, weights, expected):
+    assert models.default_image_size(name, tile, weights) == expected
+
+
 def test_too_small_image_size_is_refused():
     with pytest.raises(PcamError, match="at least 32"):
         models.create_model("resnet50", image_size=24, weights="none")

@@ -121,6 +121,11 @@ def test_grouped_folds_keep_each_slide_in_one_fold(stores, tmp_path):
     folds = assign_folds(index, FoldSettings(folds=4, groups=str(tmp_path / "groups.csv")))
     per_slide = folds.assign(wsi=slides["wsi"]).groupby("wsi")["fold"].nunique()
     assert (per_slide == 1).all()
+    # Saved by pandas with its index (an unnamed column of row numbers first),
+    # columns in another order: the wsi column is still the one read.
+    slides[["wsi", "id"]].to_csv(tmp_path / "indexed.csv")
+    again = assign_folds(index, FoldSettings(folds=4, groups=str(tmp_path / "indexed.csv")))
+    pd.testing.assert_frame_equal(folds, again)
     slides.iloc[1:].to_csv(tmp_path / "partial.csv", index=False)
     with pytest.raises(PcamError, match="no group"):
         assign_folds(index, FoldSettings(folds=4, groups=str(tmp_path / "partial.csv")))
