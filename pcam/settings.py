@@ -120,7 +120,7 @@ class FoldSettings:
 
     folds: int = _opt(5, "number of cross-validation folds (at least 2)")
     groups: str = _opt(
-        "", "CSV mapping id -> slide (e.g. patch_id_wsi.csv); keeps one slide's "
+        "", "CSV mapping id -> slide (e.g. PCam's public patch_id_wsi_full.csv); keeps one slide's "
             "tiles in one fold (StratifiedGroupKFold)")
     group_pattern: str = _opt(
         "", "regular expression whose first group, found in each image's file name, is its "

@@ -3,13 +3,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pcam.errors import PcamError
-from pcam.settings import (DataSettings, FoldSettings, InputSettings,
+from pcam.settings import (AugmentSettings, DataSettings, FoldSettings, InputSettings,
                            ModelSettings, RunSettings, TrainSettings)
 from pcam.training import run_cv
 
@@ -299,3 +300,22 @@ def test_a_refused_command_does_not_tie_its_run_name(layout_cache, tmp_path, mod
     assert json.loads((corrected.run_dir / "config.json").read_text())["folds"]["folds"] == 2
     assert pd.read_csv(corrected.run_dir / "folds.csv")["fold"].max() == 1
     assert (corrected.run_dir / "fold_0" / "metrics.json").is_file()
+
+
+def test_image_size_zero_resolves_to_the_recipe_size_in_config(finished_run):
+    """The GPU recipe's input size is decided once, from the store's tile size,
+    and kept in config.json: 96 px tiles are seen at 192 by an ImageNet
+    ResNet50, at their own size by a backbone from random weights."""
+    from pcam.store import open_store
+    from pcam.training import resolve
+
+    settings, _ = finished_run
+    store = open_store(Path(settings.data.store_dir) / "train")
+    assert store.tile_size == 96
+    gpu = resolve(_replace(settings, model=ModelSettings()), store)   # resnet50, imagenet
+    assert gpu.model.image_size == 192
+    cropped = resolve(_replace(settings, model=ModelSettings(),
+                               augment=AugmentSettings(centre_crop=64)), store)
+    assert cropped.model.image_size == 128
+    assert resolve(settings, store).model.image_size == 96
+    assert json.loads((settings.run_dir / "config.json").read_text())["model"]["image_size"] == 96
