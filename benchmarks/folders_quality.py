@@ -43,7 +43,11 @@ DATA = REPO.parent / "shared" / "data"
 EPOCHS = 30
 RECIPE = ["--backbone", "simple-cnn", "--weights", "none", "--epochs-frozen", "0",
           "--epochs-finetune", str(EPOCHS), "--lr-finetune", "2e-3", "--batch-size", "32",
-          "--tile-size", "128", "--folds", "5"]
+          "--tile-size", "128", "--folds", "5",
+          # No colour jitter: on oral-oscc fold 0 it cost 0.07 AUC (0.817 against
+          # 0.886); these folds share the scanner and stain of training.
+          "--brightness", "0", "--contrast", "0", "--saturation", "0", "--hue", "0",
+          "--stain", "0"]
 TARGETS = {  # metric: (target, colour-statistics floor, plain-CNN floor)
     "oral-oscc": {"auc": (0.96, 0.77, 0.92)},
     "ebhi-6class": {"balanced_accuracy": (0.85, 0.65, 0.80), "auc": (0.97, 0.88, 0.96)},

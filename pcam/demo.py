@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcam.settings import (AugmentSettings, DataSettings, FoldSettings, InputSettings,
+from pcam.settings import (DataSettings, FoldSettings, InputSettings,
                            ModelSettings, RunSettings, TrainSettings)
 
 SAMPLE = Path(__file__).resolve().parent / "sample"
@@ -123,14 +123,13 @@ def run_tissue(data_root: Path = Path("data")) -> None:
 def tissue_settings(data_dir: Path) -> RunSettings:
     """The compact CNN on the 150 px tissue tiles, 2 folds kept apart by slide (08_EMPTY
     comes from 2 slides only)
-    (the slide is in each file name: CRC-Prim-HE-NN), colour jitter on: the
-    slides differ in stain, and a model should not learn them by colour."""
+    (the slide is in each file name: CRC-Prim-HE-NN), with the default colour
+    and stain jitter: the slides differ in stain, and a model should not learn
+    them by colour."""
     return RunSettings(
         run="demo-tissue",
         data=DataSettings(data_dir=str(data_dir)),
         folds=FoldSettings(folds=2, group_pattern=r"CRC-Prim-HE-(\d+)"),
-        augment=AugmentSettings(brightness=0.1, contrast=0.2, saturation=0.2, hue=0.04,
-                                stain=0.05),
         inputs=InputSettings(batch_size=32),
         model=ModelSettings(backbone="simple-cnn", weights="none"),
         train=TrainSettings(epochs_frozen=0, epochs_finetune=30, lr_finetune=2e-3))

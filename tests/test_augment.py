@@ -106,7 +106,9 @@ def test_zoom_keeps_the_centre_region():
 
 def test_train_ops_follow_the_settings():
     names = [op.__name__ for op in augment.train_ops(AugmentSettings())]
-    assert names == ["dihedral"]
+    assert names == ["dihedral", "colour_jitter", "stain_jitter"]   # the defaults
+    plain = AugmentSettings(brightness=0, contrast=0, saturation=0, hue=0, stain=0)
+    assert [op.__name__ for op in augment.train_ops(plain)] == ["dihedral"]
     names = [op.__name__ for op in augment.train_ops(AugmentSettings(
         stain=0.05, hue=0.04, zoom=0.1, centre_crop=64))]
     assert names == ["centre_crop_64", "dihedral", "zoom", "colour_jitter", "stain_jitter"]
@@ -136,7 +138,8 @@ def test_colour_jitter_moves_into_the_model_only_on_an_accelerator():
 
     asked = AugmentSettings(brightness=0.1, stain=0.05)
     assert augment.on_model(asked, accelerator=False) == (asked, [])
-    assert augment.on_model(AugmentSettings(), accelerator=True) == (AugmentSettings(), [])
+    plain = AugmentSettings(brightness=0, contrast=0, saturation=0, hue=0, stain=0)
+    assert augment.on_model(plain, accelerator=True) == (plain, [])
     pipeline, layers = augment.on_model(asked, accelerator=True)
     assert pipeline.brightness == pipeline.stain == 0 and pipeline.dihedral
     assert [type(layer) for layer in layers] == [augment.RandomColourStain]
