@@ -235,6 +235,13 @@ def _check_model(settings: RunSettings, store: Store) -> None:
     weights file, ImageNet weights that cannot be fetched, --unfreeze N of
     a backbone with fewer blocks."""
     m = settings.model
+    if m.weights == "imagenet" and not get_backbone(m.backbone).pretrained:
+        # --weights imagenet is the default for every backbone; say what it means here.
+        frozen = (f"; phase 1 ({settings.train.epochs_frozen} epochs) trains the head on a "
+                  "frozen random backbone, --epochs-frozen 0 skips it"
+                  if settings.train.epochs_frozen else "")
+        print(f"note: {m.backbone} has no ImageNet weights in Keras: it starts from random "
+              f"weights (as --weights none){frozen}", flush=True)
     model = create_model(m.backbone, num_classes=len(store.classes), image_size=m.image_size,
                          tile_size=settings.augment.centre_crop or store.tile_size,
                          weights=m.weights, dense_units=m.dense_units, dropout=m.dropout)
