@@ -17,8 +17,8 @@ can find the parts)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
@@ -196,12 +196,14 @@ def coatnet_backbone(name: str, *, blocks=COATNET0_BLOCKS, channels=COATNET0_CHA
     scratch wants them (timm's CoAtNets use the same statistics).
 
     Grad-CAM reads ``top_norm``, the normalized output of the last
-    transformer block: the last feature map that is still spatial and the
-    one the head pools, so the gradient weights are those of the class score
-    itself (the CAM case). It is S/32: 3x3 on 96 px tiles, as coarse as
-    ResNet50's; S3's map would be 6x6, but its weights would come through
-    two attention blocks that mix every position, and the maps of every
-    other backbone are taken at the output too. For finer maps, train at
+    transformer block: the most semantic feature map that is still spatial,
+    and the one the head pools, so its gradients come through the head alone,
+    as for every other backbone (Grad-CAM needs a spatial map: attention
+    tokens are kept as an H x W x C map throughout for this). It is S/32:
+    3x3 on 96 px tiles, as coarse as ResNet50's. S3's output would be 6x6 at
+    96 px, but its gradients would come through S4's two attention blocks,
+    in which every position mixes with every other, so a position's weight
+    would no longer say where the evidence lies. For finer maps, train at
     ``--image-size 192`` or 224 (6x6, 7x7).
     """
     return Backbone(name, partial(coatnet, blocks=tuple(blocks), channels=tuple(channels),
