@@ -4,8 +4,8 @@ A model takes raw RGB tiles, 0..255 (uint8 or float), and carries everything
 else inside itself: resizing to the backbone's input size, training-only
 augmentation layers, the backbone's own preprocessing, the backbone and the
 head. A saved ``.keras`` file therefore works on a raw tile with no side
-knowledge (loading it needs ``import pcam.models``, which registers the one
-custom layer, ``ChannelStandardize``).
+knowledge (loading it needs ``import pcam.models``, which registers the
+custom layers: ``ChannelStandardize``, and CoAtNet's ``RelativeAttention2D``).
 
 Layout of a model (layer names are fixed so that training and Grad-CAM code
 can find the parts)::
@@ -17,12 +17,14 @@ can find the parts)::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
 import numpy as np
 
+from pcam.coatnet import COATNET0_BLOCKS, COATNET0_CHANNELS, SIZE_MULTIPLE, coatnet
 from pcam.errors import PcamError
 from pcam.task import output_units
 
@@ -141,6 +143,7 @@ class Backbone:
             means no preprocessing layer (the backbone preprocesses itself).
         min_size: smallest image size the constructor accepts.
         pretrained: whether ``weights="imagenet"`` loads anything.
+        size_multiple: the image size must be a multiple of it (CoAtNet: 32).
     """
 
     name: str
@@ -153,12 +156,61 @@ class Backbone:
     bgr: bool = False
     min_size: int = 32
     pretrained: bool = True
+    size_multiple: int = 1
 
     def preprocessing(self) -> keras.layers.Layer | None:
         """A new layer that does ``preprocess_input`` inside the model, or None."""
         if self.mean is None:
             return None
         return ChannelStandardize(self.mean, self.std, self.bgr, name="preprocess")
+
+
+def convnext_tiny(include_top=False, weights=None, input_shape=(224, 224, 3)):
+    """``keras.applications.ConvNeXtTiny`` whose output layer has a fixed name.
+
+    Without a top, Keras ends ConvNeXt with a ``LayerNormalization`` it does
+    not name, so it is called "layer_normalization" or "layer_normalization_7"
+    depending on how many were made before in the process; Grad-CAM finds its
+    layer by name, so it is renamed "convnext_tiny_top_layernorm" (the name
+    travels in the ``.keras`` file). It rescales and normalizes its 0..255
+    input itself (``include_preprocessing=True``).
+    """
+    model = keras.applications.ConvNeXtTiny(include_top=include_top, weights=weights,
+                                            input_shape=input_shape)
+    if not include_top:
+        model.layers[-1].name = "convnext_tiny_top_layernorm"
+    return model
+
+
+def coatnet_backbone(name: str, *, blocks=COATNET0_BLOCKS, channels=COATNET0_CHANNELS,
+                     **architecture) -> Backbone:
+    """A registry entry for a CoAtNet of the given shape (``pcam.coatnet.coatnet``'s
+    arguments); CoAtNet-0 by default. Tests register narrow ones, e.g.
+    ``register_backbone(coatnet_backbone("coatnet-narrow", blocks=(1, 1, 1, 1, 1),
+    channels=(8, 8, 16, 16, 32)))``; a model saved from one loads in any process
+    that imports pcam (the layers are in the file; the registry is needed only
+    for Grad-CAM's layer name and ``backbone_of``).
+
+    Preprocessing: the ImageNet mean and std ("torch" mode), which brings
+    H&E tiles near zero mean and unit variance as a network trained from
+    scratch wants them (timm's CoAtNets use the same statistics).
+
+    Grad-CAM reads ``top_norm``, the normalized output of the last
+    transformer block: the most semantic feature map that is still spatial,
+    and the one the head pools, so its gradients come through the head alone,
+    as for every other backbone (Grad-CAM needs a spatial map: attention
+    tokens are kept as an H x W x C map throughout for this). It is S/32:
+    3x3 on 96 px tiles, as coarse as ResNet50's. S3's output would be 6x6 at
+    96 px, but its gradients would come through S4's two attention blocks,
+    in which every position mixes with every other, so a position's weight
+    would no longer say where the evidence lies. For finer maps, train at
+    ``--image-size 192`` or 224 (6x6, 7x7).
+    """
+    return Backbone(name, partial(coatnet, blocks=tuple(blocks), channels=tuple(channels),
+                                  name=name.replace("-", "_"), **architecture),
+                    partial(keras.applications.imagenet_utils.preprocess_input, mode="torch"),
+                    "top_norm", 224, mean=TORCH_MEAN, std=TORCH_STD, min_size=SIZE_MULTIPLE,
+                    pretrained=False, size_multiple=SIZE_MULTIPLE)
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -188,8 +240,16 @@ for _backbone in (
     Backbone("efficientnetv2b0", keras.applications.EfficientNetV2B0,
              keras.applications.efficientnet_v2.preprocess_input,
              "top_activation", 224),
+    Backbone("efficientnetv2s", keras.applications.EfficientNetV2S,
+             keras.applications.efficientnet_v2.preprocess_input,
+             "top_activation", 384),
+    # ConvNeXt also preprocesses itself (a Normalization layer first).
+    Backbone("convnext-tiny", convnext_tiny, keras.applications.convnext.preprocess_input,
+             "convnext_tiny_top_layernorm", 224),
     Backbone("simple-cnn", simple_cnn, scale_to_unit, "block4_relu", SIMPLE_CNN_SIZE,
              mean=(0.0,) * 3, std=(255.0,) * 3, min_size=8, pretrained=False),
+    # No ImageNet weights for CoAtNet in Keras: trained from scratch.
+    coatnet_backbone("coatnet-0"),
 ):
     register_backbone(_backbone)
 
@@ -248,8 +308,9 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
         weights: "imagenet", "none" (or None) for random initialization, or the
             path of a backbone weights file (``.weights.h5`` from
             ``backbone.save_weights``, or a keras-applications ``*_notop.h5``).
-            ``simple-cnn`` has no pretrained weights: "imagenet" means random
-            initialization for it, so that the default works with every backbone.
+            ``simple-cnn`` and ``coatnet-0`` have no pretrained weights
+            (``Backbone.pretrained``): "imagenet" means random initialization
+            for them, so that the default works with every backbone.
         dense_units: width of the head's hidden Dense layer.
         dropout: dropout rate before the output unit.
         augment: Keras layers applied to the raw tile (0..255) before resizing;
@@ -264,8 +325,9 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
         see ``set_backbone_trainable``.
 
     Raises:
-        PcamError: unknown name, image size too small for the backbone,
-            unreadable weights file, or ImageNet weights that cannot be fetched.
+        PcamError: unknown name, image size too small for the backbone or
+            not a multiple of its ``size_multiple``, unreadable weights file, or
+            ImageNet weights that cannot be fetched.
     """
     spec = get_backbone(name)
     tile_size = tile_size or image_size
@@ -274,6 +336,11 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
     if image_size < spec.min_size:
         raise PcamError(f"image size {image_size} is too small for {name} "
                         f"(at least {spec.min_size})")
+    if image_size % spec.size_multiple:
+        below = image_size // spec.size_multiple * spec.size_multiple
+        raise PcamError(f"image size {image_size} does not suit {name}: it must be a multiple "
+                        f"of {spec.size_multiple} (e.g. {max(below, spec.min_size)} or "
+                        f"{below + spec.size_multiple}); set --image-size")
     backbone = _build_backbone(spec, image_size, weights)
 
     inputs = keras.Input((tile_size, tile_size, 3), dtype="float32", name="tile")
@@ -350,11 +417,16 @@ def backbone_blocks(backbone: keras.Model) -> list[list[keras.layers.Layer]]:
     A block is one of the blocks Keras names in its applications: a residual
     block ``convS_blockB`` (ResNet50, ResNet50V2: 16), a dense block layer
     ``convS_blockB`` (DenseNet121: 58), an MBConv block ``blockSx``
-    (EfficientNetV2B0: 21) or ``blockB`` (simple-cnn: 4). Layers outside the
-    named blocks join the block below them (a DenseNet transition, a final
-    BatchNorm, EfficientNet's top conv), and layers below the first block form
-    one more block, the stem (ResNet50's conv1 + pool1). So ResNet50 has 17
-    blocks, ResNet50V2 17, DenseNet121 59, EfficientNetV2B0 22, simple-cnn 4.
+    (EfficientNetV2B0: 21, EfficientNetV2S: 40), a CoAtNet MBConv or
+    transformer block ``blockSx`` (CoAtNet-0: 12), a ConvNeXt block
+    ``convnext_tiny_stage_S_block_B`` (ConvNeXtTiny: 18, each stage's
+    downsampling in its first block) or ``blockB`` (simple-cnn: 4). Layers
+    outside the named blocks join the block below them (a DenseNet
+    transition, a final BatchNorm or LayerNorm, EfficientNet's top conv), and
+    layers below the first block form one more block, the stem (ResNet50's
+    conv1 + pool1). So ResNet50 has 17 blocks, ResNet50V2 17, DenseNet121 59,
+    EfficientNetV2B0 22, EfficientNetV2S 41, ConvNeXtTiny 19, CoAtNet-0 13,
+    simple-cnn 4.
     """
     blocks: list[list[keras.layers.Layer]] = [[]]  # the stem
     current = None
@@ -370,12 +442,25 @@ def backbone_blocks(backbone: keras.Model) -> list[list[keras.layers.Layer]]:
 
 
 def _block_key(layer_name: str) -> str | None:
-    """'conv5_block3_2_conv' -> 'conv5_block3', 'block6h_add' -> 'block6h', 'pool4_conv' -> None."""
+    """'conv5_block3_2_conv' -> 'conv5_block3', 'block6h_add' -> 'block6h', 'pool4_conv' -> None.
+
+    ConvNeXt: 'convnext_tiny_stage_2_block_4_gelu' -> 'convnext_tiny_stage_2_block_4';
+    the downsampling from stage i to i + 1, 'convnext_tiny_downsampling_block_i',
+    opens stage i + 1's first block (as the strided convolution of ResNet's convS_block1
+    and EfficientNet's blockSa belongs to that block).
+    """
     parts = layer_name.split("_")
     if parts[0].startswith("block"):
         return parts[0]
     if len(parts) > 1 and parts[1].startswith("block"):
         return "_".join(parts[:2])
+    if "stage" in parts[:-3] and parts[-1] != "block":
+        i = parts.index("stage")
+        if parts[i + 2] == "block":
+            return "_".join(parts[:i + 4])
+    if len(parts) > 2 and parts[-3] == "downsampling" and parts[-2] == "block" \
+            and parts[-1].isdigit():
+        return "_".join(parts[:-3] + ["stage", str(int(parts[-1]) + 1), "block", "0"])
     return None
 
 

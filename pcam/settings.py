@@ -234,12 +234,18 @@ def from_json(cls, path: Path):
 class ModelSettings:
     """Which network: a backbone from the registry and its head."""
 
-    backbone: str = _opt("resnet50", "backbone from the registry (a wrong name lists them)")
+    backbone: str = _opt("resnet50", "backbone from the registry (a wrong name lists them): "
+                                     "resnet50, resnet50v2, densenet121, efficientnetv2b0, "
+                                     "efficientnetv2s, convnext-tiny, simple-cnn, coatnet-0 "
+                                     "(the last two have no ImageNet weights: trained from "
+                                     "scratch)")
     image_size: int = _opt(0, "input size the backbone sees; tiles are resized to it inside "
                               "the model (0: with ImageNet weights, the tiles fed upsampled 2x "
                               "up to the backbone's native size, e.g. PCam's 96 px to 192; "
                               "from random weights, the size of the tiles fed)")
-    weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, or a weights file")
+    weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, or a weights "
+                                    "file; coatnet-0 and simple-cnn have no ImageNet weights "
+                                    "in Keras, so for them imagenet means none (random)")
     dense_units: int = _opt(256, "units of the head's hidden Dense layer")
     dropout: float = _opt(0.5, "dropout before the output unit")
 

@@ -232,12 +232,29 @@ def _started(run_dir: Path) -> bool:
     return False
 
 
+def weights_note(settings: RunSettings) -> str | None:
+    """The line that tells a user of ``--weights imagenet`` (the default for every
+    backbone) that this backbone has none and starts from random weights; None
+    when the weights are what they say."""
+    m = settings.model
+    if m.weights != "imagenet" or get_backbone(m.backbone).pretrained:
+        return None
+    frozen = (f"; phase 1 ({settings.train.epochs_frozen} epochs) would train the head on a "
+              "frozen random backbone: --epochs-frozen 0 skips it"
+              if settings.train.epochs_frozen else "")
+    return (f"note: {m.backbone} has no ImageNet weights in Keras: it starts from random "
+            f"weights (as --weights none){frozen}")
+
+
 def _check_model(settings: RunSettings, store: Store) -> None:
     """Build the model once, outside any strategy, to refuse what would fail
     later: an unknown backbone, an image size it cannot take, a missing
     weights file, ImageNet weights that cannot be fetched, --unfreeze N of
     a backbone with fewer blocks."""
     m = settings.model
+    note = weights_note(settings)
+    if note:
+        print(note, flush=True)
     model = create_model(m.backbone, num_classes=len(store.classes), image_size=m.image_size,
                          tile_size=settings.augment.centre_crop or store.tile_size,
                          weights=m.weights, dense_units=m.dense_units, dropout=m.dropout)

@@ -52,9 +52,16 @@ def small_models():
             for name, spec in models.BACKBONES.items()}
 
 
+# The blocks of --unfreeze per backbone (models.backbone_blocks), stem included.
+BLOCKS = {"resnet50": 17, "resnet50v2": 17, "densenet121": 59, "efficientnetv2b0": 22,
+          "efficientnetv2s": 41, "convnext-tiny": 19, "simple-cnn": 4, "coatnet-0": 13}
+
+
 @pytest.mark.parametrize("name", list(models.BACKBONES))
 def test_every_backbone_explains_with_its_last_conv_layer(small_models, name):
     model = small_models[name]
+    if name in BLOCKS:  # here because this test builds every backbone once
+        assert len(models.backbone_blocks(model.get_layer("backbone"))) == BLOCKS[name]
     tiles = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3)).astype(np.uint8)
     explain = explainer(model)
     assert explain.layer == models.BACKBONES[name].last_conv_layer
