@@ -12,8 +12,10 @@ made, handed to every later one), then gathers them::
     RUNS_DIR/NAME/report/comparison.csv, comparison.json   its table
 
 Started again with the same command, finished backbones (and finished folds
-of an unfinished one) are skipped. Backbones can be trained on different
-machines (``--backbones X`` on each, the same ``--name`` on a shared folder)
+of an unfinished one) are skipped. A ``folds.csv`` (id, label, fold) put in
+the comparison's folder beforehand is used by every run: a split of one's
+own. Backbones can be trained on different machines (``--backbones X`` on
+each, the same ``--name`` on a shared folder)
 and gathered with ``--report``.
 
 ``compare_report(compare_dir)`` is reporting: it reads runs and never
@@ -195,6 +197,8 @@ def compare_report(compare_dir: Path, *, bootstrap: int = 1000, speed_tiles: int
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
     atomic_write_text(out / "comparison.json", json.dumps(_plain(record), indent=2) + "\n")
     atomic_write_text(out / "index.html", report.compare_page(record, images))
+    for note in record["notes"]:
+        print(f"note: {note}", flush=True)
     print(format_table(record), flush=True)
     for line in record["conclusions"]:
         print(f"- {line}", flush=True)
@@ -414,9 +418,11 @@ def conclusions(record: dict) -> list[str]:
 def format_table(record: dict) -> str:
     """The comparison as a text table (what the command prints)."""
     binary = record["task"] == "binary"
-    head = (f"{'backbone':<16} {'AUC':>6} {'95% CI':>13} {'acc':>6} {'bal.acc':>7} "
+    auc_name = "AUC" if binary else "mAUC"  # K classes: the macro one-vs-rest AUC
+    head = (f"{'backbone':<16} {auc_name:>6} {'95% CI':>13} {'acc':>6} {'bal.acc':>7} "
             + (f"{'sens':>6} {'spec':>6} " if binary else "")
-            + f"{'F1':>6} {'params':>11} {'s/epoch':>8} {'tiles/s':>8}  ΔAUC vs best [95% CI]")
+            + f"{'F1':>6} {'params':>11} {'s/epoch':>8} {'tiles/s':>8}  "
+            f"Δ{auc_name} vs best [paired 95% CI]")
     lines = [head, "-" * len(head)]
     for r in record["rows"]:
         delta = ("best" if r["distinguishable"] == "best" else
@@ -463,7 +469,8 @@ def _figures(entries: list[Entry], record: dict, out: Path) -> list[report.Figur
                       + (f" at its threshold (for {classes[0]} this is the specificity)."
                          if binary else " (the most probable class)."
                          )),
-        report.Figure(figures.save(figures.validation_curves(histories), out / "validation.png"),
+        report.Figure(figures.save(figures.validation_curves(
+            histories, "AUC" if binary else "macro AUC"), out / "validation.png"),
                       "Validation curves",
                       "Validation " + ("AUC" if binary else "macro AUC") + " per epoch "
                       "(counted over both phases), the mean over the compared folds; a "

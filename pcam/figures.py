@@ -470,13 +470,15 @@ def recall_bars(recall: dict[str, Sequence[float]], classes: Sequence[str]) -> F
     return fig
 
 
-def validation_curves(histories: dict[str, list[pd.DataFrame]]) -> Figure:
+def validation_curves(histories: dict[str, list[pd.DataFrame]], metric: str = "AUC"
+                      ) -> Figure:
     """Validation AUC per epoch of every backbone overlaid: the mean over its
     folds at each epoch (counted over both phases; a fold stopped early
     leaves the mean of the later epochs to the others).
 
     Args:
         histories: per backbone, each fold's ``pcam.runs.read_history``.
+        metric: what its ``val_auc`` is, for the labels ("macro AUC" for K classes).
     """
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     longest = 1
@@ -493,11 +495,11 @@ def validation_curves(histories: dict[str, list[pd.DataFrame]]) -> Figure:
             padded[i, :len(s)] = s
         ax.plot(np.arange(1, length + 1), np.nanmean(padded, axis=0), marker="o", ms=3,
                 label=name)
-    ax.set(xlabel="epoch (counted over both phases)", ylabel="validation AUC",
+    ax.set(xlabel="epoch (counted over both phases)", ylabel=f"validation {metric}",
            xlim=(0.5, longest + 0.5))
     if longest <= 20:
         ax.set_xticks(range(1, longest + 1))
-    ax.set_title("Validation AUC per epoch (mean over folds)")
+    ax.set_title(f"Validation {metric} per epoch (mean over folds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig

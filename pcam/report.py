@@ -227,8 +227,7 @@ def compare_page(record: dict, images: list[Figure]) -> str:
         columns += [("sensitivity", f"sensitivity ({e(classes[1])})", "{:.3f}"),
                     ("specificity", "specificity", "{:.3f}"), ("f1", "F1", "{:.3f}"),
                     ("threshold", "threshold", "{:.3f}")]
-    else:
-        columns += [(f"recall_{c}", f"recall {e(c)}", "{:.3f}") for c in classes]
+    else:  # recall per class: a table of its own below, classes down the side
         columns += [("f1", "macro F1", "{:.3f}")]
     columns += [("parameters", "parameters", "{:,}"),
                 ("seconds_per_epoch", "training s / epoch", "{:.1f}"),
@@ -280,6 +279,10 @@ def compare_page(record: dict, images: list[Figure]) -> str:
         + '<a href="comparison.csv">comparison.csv</a> and '
           '<a href="comparison.json">comparison.json</a>.</p>',
     ]
+    if not binary:
+        parts += ["<h2>Recall (sensitivity) per class</h2>", _recall_table(record),
+                  '<p class="meta">The fraction of each true class called that class; the '
+                  "highest of each class in bold. Their mean is the balanced accuracy.</p>"]
     for fig in images:
         parts += [f"<h2>{e(fig.title)}</h2>", "<figure>",
                   f'<img src="{e(fig.path.name)}" alt="{e(fig.title)}">',
@@ -298,3 +301,19 @@ def _delta(row: dict) -> str:
             f"{_fmt(row['delta_high'], '{:+.4f}')})")
     return text + (": not distinguishable" if row["distinguishable"] == "not distinguishable"
                    else "")
+
+
+def _recall_table(record: dict) -> str:
+    """Classes down the side, backbones across, the highest recall of a class in bold."""
+    e = html.escape
+    names = [r["backbone"] for r in record["rows"]]
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    rows = []
+    for c in record["classes"]:
+        values = [r.get(f"recall_{c}") for r in record["rows"]]
+        known = [v for v in values if v is not None and not math.isnan(v)]
+        top = max(known) if known else None
+        cells = "".join(f"<td><b>{_fmt(v, '{:.3f}')}</b></td>" if v == top and top is not None
+                        else f"<td>{_fmt(v, '{:.3f}')}</td>" for v in values)
+        rows.append(f"<tr><td>{e(c)}</td>{cells}</tr>")
+    return f'<table class="classes"><tr><th>class</th>{head}</tr>{"".join(rows)}</table>'

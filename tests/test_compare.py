@@ -55,6 +55,14 @@ def oral(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("compare-oral")
     data = subset(need("oral-oscc"), tmp / "data", 12)
+    # Folds laid down beforehand (every other image of a class, by name), which
+    # the seeded split would not make: every run must train on these.
+    rows = [(f"{c}/{f.name}", label, i % 2)
+            for label, c in enumerate(("Normal", "OSCC"))
+            for i, f in enumerate(sorted((data / c).iterdir()))]
+    (tmp / "runs" / "cmp").mkdir(parents=True)
+    pd.DataFrame(rows, columns=["id", "label", "fold"]).to_csv(tmp / "runs" / "cmp" / "folds.csv",
+                                                               index=False)
     code, _, _ = cli(main, *compare_args(data, tmp, "simple-cnn"))
     assert code == 0
     first = tmp / "runs" / "cmp" / "simple-cnn" / "fold_0" / "best.keras"
@@ -74,6 +82,8 @@ def test_binary_comparison_resumes_and_reports_every_backbone(oral, capsys):
     assert "simple-cnn: finished earlier, skipped" in out
     assert (cmp / "simple-cnn" / "fold_0" / "best.keras").stat().st_mtime_ns == stamp
     _check_report(cmp, ["simple-cnn", NARROW], binary=True)
+    shared = pd.read_csv(cmp / "folds.csv")
+    assert (shared["fold"] == [i % 2 for i in range(12)] * 2).all()  # the folds laid down
     html = (cmp / "report" / "index.html").read_text()
     assert "Highest sensitivity (recall) for OSCC" in html  # the positive class, by name
     assert "Most balanced" in html
@@ -95,7 +105,7 @@ def test_report_alone_gathers_the_runs(oral, capsys):
 def test_multiclass_comparison_reports_recall_per_class(tmp_path):
     from pcam.commands.compare import main
 
-    data = subset(need("kather-8class"), tmp_path / "data", 6)
+    data = subset(need("kather-8class"), tmp_path / "data", 4)
     code, _, _ = cli(main, *compare_args(data, tmp_path, f"simple-cnn,{NARROW}"))
     assert code == 0
     record = _check_report(tmp_path / "runs" / "cmp", ["simple-cnn", NARROW], binary=False)
@@ -178,10 +188,10 @@ def test_paired_bootstrap_matches_a_direct_computation():
     labels = rng.integers(0, 2, n)
     a = np.clip(labels * 0.3 + rng.random(n), 0, None)
     b = np.round(rng.random(n), 1)  # ties, which the fast path counts one half
-    delta, low, high = metrics.paired_bootstrap_auc(labels, a, b, resamples=300, seed=7)
+    delta, low, high = metrics.paired_bootstrap_auc(labels, a, b, resamples=100, seed=7)
     draws = np.random.default_rng(7)
     direct = []
-    for _ in range(300):
+    for _ in range(100):
         i = draws.integers(0, n, n)
         direct.append(roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i])
                       if len(np.unique(labels[i])) == 2 else np.nan)
@@ -192,7 +202,7 @@ def test_paired_bootstrap_matches_a_direct_computation():
     labels = rng.integers(0, k, n)
     pa, pb = rng.dirichlet(np.ones(k), n), rng.dirichlet(np.ones(k), n)
     pa[np.arange(n), labels] += 0.4
-    delta, low, high = metrics.paired_bootstrap_macro_auc(labels, pa, pb, resamples=200, seed=3)
+    delta, low, high = metrics.paired_bootstrap_macro_auc(labels, pa, pb, resamples=50, seed=3)
 
     def macro(y, p):
         return np.mean([roc_auc_score(y == c, p[:, c]) for c in range(k)
@@ -200,7 +210,7 @@ def test_paired_bootstrap_matches_a_direct_computation():
 
     draws = np.random.default_rng(3)
     direct = []
-    for _ in range(200):
+    for _ in range(50):
         i = draws.integers(0, n, n)
         direct.append(macro(labels[i], pa[i]) - macro(labels[i], pb[i]))
     assert delta == pytest.approx(macro(labels, pa) - macro(labels, pb))
