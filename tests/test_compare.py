@@ -247,3 +247,33 @@ def test_a_clearly_better_model_is_distinguishable_and_a_coin_flip_is_not():
 def test_paired_predictions_of_other_shapes_are_refused():
     with pytest.raises(Exception, match="one row per tile"):
         metrics.paired_bootstrap_auc([0, 1, 1], [0.1, 0.2, 0.3], [0.1, 0.2])
+
+
+def test_the_report_side_does_not_import_training():
+    """Reporting never imports training: a machine that only gathers runs
+    (``--report``) loads neither the training library nor, until a model is
+    loaded, TensorFlow."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys, pcam.compare, pcam.commands.compare; "
+            "print(sorted(m for m in ('pcam.training', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(), "--backbones: name at least one backbone"),
+    (dict(backbones=("simple-cnn", "simple-cnn")), "a backbone is named twice"),
+    (dict(report_only=True), "give its --name"),
+    (dict(backbones=("simple-cnn",), bootstrap=0), "--bootstrap 0"),
+])
+def test_compare_settings_refuse_what_no_comparison_can_use(values, message):
+    from pcam.errors import PcamError
+    from pcam.settings import CompareSettings
+
+    with pytest.raises(PcamError, match=message):
+        CompareSettings(**values)
