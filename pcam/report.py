@@ -272,10 +272,12 @@ def compare_page(record: dict, images: list[Figure]) -> str:
                "Predicted class: the most probable; balanced accuracy is the mean recall. ")
             + "Training s / epoch: the mean wall time of an epoch (training steps and "
             "validation) over the compared folds and both phases, on the machine that trained "
-            f"it. Prediction tiles / s: the first compared fold's model predicting "
-            f"{record['speed_tiles']:,} tiles of its input size in batches of its training "
-            "batch size, after one warm-up batch, no test-time augmentation, on the machine "
-            "that wrote this report. The table is also in ")
+            "it. Prediction tiles / s: "
+            + (f"the first compared fold's model predicting {record['speed_tiles']:,} tiles of "
+               "its input size in batches of its training batch size, after one warm-up "
+               "batch, no test-time augmentation, on the machine that wrote this report. "
+               if record["speed_tiles"] else "not measured (--speed-tiles 0). ")
+            + "The table is also in ")
         + '<a href="comparison.csv">comparison.csv</a> and '
           '<a href="comparison.json">comparison.json</a>.</p>',
     ]
