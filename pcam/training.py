@@ -410,7 +410,7 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     callbacks = [
         # First: it adds the epoch's seconds to the logs the CSV logger below
         # writes (a comparison reports training time per epoch from them).
-        EpochSeconds(),
+        EpochSeconds(fold_dir / f"history_{phase.name}.csv"),
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
         # Written under a temporary name and renamed (pcam.checkpoints): a process
@@ -448,13 +448,23 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
 class EpochSeconds(keras.callbacks.Callback):
     """Adds ``epoch_seconds`` (wall time of the epoch: its training steps and
     its validation pass) to the epoch's logs, so that ``history_<phase>.csv``
-    records how long each epoch took on the machine that trained it."""
+    records how long each epoch took on the machine that trained it.
+
+    A phase resumed from a log written without that column (by an older
+    pcam) is left without it: the CSV logger appends under the old header.
+    """
+
+    def __init__(self, log: Path):
+        super().__init__()
+        header = log.read_text().partition("\n")[0] if log.is_file() else ""
+        self._on = not header or "epoch_seconds" in header.split(",")
+        self._start = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and hasattr(self, "_start"):
+        if self._on and logs is not None and self._start is not None:
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
