@@ -395,3 +395,111 @@ def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
         centre_square(ax, size, label_region)
     fig.suptitle(f"{title}\n{subtitle}", fontsize=9.5)
     return save(fig, path) if path is not None else fig
+
+
+# --- several backbones on the same tiles (pcam.compare) ---------------------------------
+
+def roc_comparison(curves: dict[str, tuple], classes: Sequence[str],
+                   aucs: dict[str, float]) -> Figure:
+    """The ROC curve of every backbone in one plot.
+
+    Args:
+        curves: per backbone, (labels, probabilities): (N,) of ``classes[1]``
+            for two classes, (N, K) for K.
+        classes: the class names.
+        aucs: per backbone, the AUC (macro for K) written in the legend.
+
+    K classes: each backbone's macro-average one-vs-rest curve (the true
+    positive rates of the classes present averaged at each false positive
+    rate), one line per backbone rather than K.
+    """
+    binary = len(classes) == 2
+    grid = np.linspace(0, 1, 201)
+    fig, ax = plt.subplots(figsize=(7.2, 6.2))
+    for name, (labels, probs) in curves.items():
+        labels = np.asarray(labels)
+        if binary:
+            fpr, tpr, _ = roc_curve(labels, probs)
+        else:
+            rates = [np.interp(grid, *roc_curve(labels == c, probs[:, c])[:2])
+                     for c in range(len(classes)) if 0 < (labels == c).sum() < len(labels)]
+            fpr, tpr = grid, np.mean(rates, axis=0) if rates else np.full_like(grid, np.nan)
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} ({'AUC' if binary else 'macro AUC'} "
+                                        f"{aucs.get(name, float('nan')):.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    if binary:
+        ax.set(xlabel=f"false positive rate ({classes[0]} called {classes[1]})",
+               ylabel=f"true positive rate (sensitivity to {classes[1]})")
+    else:
+        ax.set(xlabel="false positive rate (macro average, one vs rest)",
+               ylabel="true positive rate (macro average)")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title("ROC curves of the backbones, same out-of-fold tiles")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def recall_bars(recall: dict[str, Sequence[float]], classes: Sequence[str]) -> Figure:
+    """Recall (sensitivity) of every class, bars grouped by class, one bar per backbone.
+
+    Args:
+        recall: per backbone, the recall of each class in label order.
+        classes: the class names.
+    """
+    k, m = len(classes), max(len(recall), 1)
+    width = 0.8 / m
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * k * m + 2.5), 4.6))
+    colours = plt.get_cmap("tab10")
+    for i, (name, values) in enumerate(recall.items()):
+        values = np.nan_to_num(np.asarray(values, np.float64))
+        x = np.arange(k) - 0.4 + width * (i + 0.5)
+        bars = ax.bar(x, values, width, color=colours(i % 10), label=name)
+        if k * m <= 24:  # a value on each bar while they stay wide enough to read it
+            for bar, v in zip(bars, values):
+                ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center",
+                        va="bottom", fontsize=7, rotation=90 if m > 3 else 0)
+    ax.set_xticks(range(k), [short_name(c, 16) for c in classes], fontsize=_font(k) + 0.5,
+                  rotation=30 if k > 4 else 0, ha="right" if k > 4 else "center",
+                  rotation_mode="anchor")
+    ax.set(ylabel="recall (sensitivity)", ylim=(0, 1.18))
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_title("Recall per class")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right", ncol=min(m, 4))
+    return fig
+
+
+def validation_curves(histories: dict[str, list[pd.DataFrame]], metric: str = "AUC"
+                      ) -> Figure:
+    """Validation AUC per epoch of every backbone overlaid: the mean over its
+    folds at each epoch (counted over both phases; a fold stopped early
+    leaves the mean of the later epochs to the others).
+
+    Args:
+        histories: per backbone, each fold's ``pcam.runs.read_history``.
+        metric: what its ``val_auc`` is, for the labels ("macro AUC" for K classes).
+    """
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    longest = 1
+    for name, logs in histories.items():
+        series = [log["val_auc"].to_numpy(np.float64) for log in logs
+                  if not log.empty and "val_auc" in log]
+        if not series:
+            ax.plot([], [], label=f"{name} (no history)")
+            continue
+        length = max(len(s) for s in series)
+        longest = max(longest, length)
+        padded = np.full((len(series), length), np.nan)
+        for i, s in enumerate(series):
+            padded[i, :len(s)] = s
+        ax.plot(np.arange(1, length + 1), np.nanmean(padded, axis=0), marker="o", ms=3,
+                label=name)
+    ax.set(xlabel="epoch (counted over both phases)", ylabel=f"validation {metric}",
+           xlim=(0.5, longest + 0.5))
+    if longest <= 20:
+        ax.set_xticks(range(1, longest + 1))
+    ax.set_title(f"Validation {metric} per epoch (mean over folds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig

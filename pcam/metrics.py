@@ -273,30 +273,46 @@ def bootstrap_macro_auc(labels, probs, *, resamples: int = 1000, level: float = 
     probs = np.asarray(probs, np.float64)
     if probs.ndim != 2 or len(np.unique(labels)) < 2:
         return float("nan"), float("nan")
-    n, k = probs.shape
-    # One rank table over all classes: the cell of tile i for class c is
-    # c * n + (rank of probs[i, c] among class c's distinct scores).
-    ranks = np.empty((n, k), np.int64)
-    for c in range(k):
-        ranks[:, c] = np.unique(probs[:, c], return_inverse=True)[1].ravel() + c * n
-    is_pos = labels[:, None] == np.arange(k)[None, :]
-    cells, positive = ranks.ravel(), is_pos.ravel()
+    n = len(labels)
+    cells = _macro_cells(labels, probs)
     rng = np.random.default_rng(seed)
     aucs = np.empty(resamples)
     for r in range(resamples):
         counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        weights = np.repeat(counts, k)
-        pos = np.bincount(cells, weights=weights * positive, minlength=n * k).reshape(k, n)
-        neg = np.bincount(cells, weights=weights * ~positive, minlength=n * k).reshape(k, n)
-        below = np.cumsum(neg, axis=1) - neg  # negatives of the class scored strictly lower
-        total = pos.sum(axis=1) * neg.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_class = (pos * (below + 0.5 * neg)).sum(axis=1) / total
-        present = total > 0
-        aucs[r] = per_class[present].mean() if present.any() else np.nan
+        aucs[r] = _weighted_macro_auc(cells, counts)
     tail = (1 - level) / 2 * 100
     low, high = np.nanpercentile(aucs, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _macro_cells(labels, probs) -> tuple:
+    """What ``_weighted_macro_auc`` needs of (N,) labels and (N, K) probabilities.
+
+    One rank table over all classes: the cell of tile i for class c is
+    c * n + (rank of probs[i, c] among class c's distinct scores).
+    """
+    n, k = probs.shape
+    ranks = np.empty((n, k), np.int64)
+    for c in range(k):
+        ranks[:, c] = np.unique(probs[:, c], return_inverse=True)[1].ravel() + c * n
+    is_pos = labels[:, None] == np.arange(k)[None, :]
+    return ranks.ravel(), is_pos.ravel(), n, k
+
+
+def _weighted_macro_auc(cells: tuple, counts: np.ndarray) -> float:
+    """Macro one-vs-rest AUC of tiles counted ``counts`` times each (a
+    bootstrap resample); classes without positives or negatives in it are
+    left out of the mean; NaN when none is left."""
+    ranked, positive, n, k = cells
+    weights = np.repeat(counts, k)
+    pos = np.bincount(ranked, weights=weights * positive, minlength=n * k).reshape(k, n)
+    neg = np.bincount(ranked, weights=weights * ~positive, minlength=n * k).reshape(k, n)
+    below = np.cumsum(neg, axis=1) - neg  # negatives of the class scored strictly lower
+    total = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = (pos * (below + 0.5 * neg)).sum(axis=1) / total
+    present = total > 0
+    return float(per_class[present].mean()) if present.any() else float("nan")
 
 
 def evaluate_multiclass(labels, probs, classes, *, resamples: int = 1000,
@@ -337,3 +353,96 @@ def _rates(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def _nanmean(values) -> float:
     values = np.asarray(values, np.float64)
     return float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
+
+
+# --- two models on the same tiles -----------------------------------------------------
+
+def paired_bootstrap_auc(labels, probs_a, probs_b, *, resamples: int = 1000,
+                         level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """The difference AUC(a) - AUC(b) of two models on the same tiles, with a
+    paired percentile bootstrap interval.
+
+    Each resample draws the same ``n`` tile indices for both models (the
+    pairing: both are judged on the same resampled tiles, so what the tiles
+    share, easy or hard ones, cancels in the difference) and records the
+    difference of their AUCs; the draws are those of ``bootstrap_auc`` with
+    the same seed. An interval that includes 0 means the data cannot tell the
+    two apart.
+
+    Args:
+        labels: (N,) 0/1.
+        probs_a, probs_b: (N,) probabilities of class 1 of the two models,
+            row i of each for the same tile.
+
+    Returns:
+        ``(delta, low, high)``: the difference on all tiles and its interval;
+        NaNs when only one class is present.
+    """
+    labels = np.asarray(labels, np.int64)
+    a, b = _paired(labels, probs_a, probs_b, 1)
+    if len(np.unique(labels)) < 2:
+        return float("nan"), float("nan"), float("nan")
+    rank_a = np.unique(a, return_inverse=True)[1].ravel()
+    rank_b = np.unique(b, return_inverse=True)[1].ravel()
+    n = len(labels)
+    delta = auc(labels, a) - auc(labels, b)
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(resamples)
+    for r in range(resamples):
+        counts = np.bincount(rng.integers(0, n, n), minlength=n)
+        deltas[r] = (weighted_auc(rank_a, rank_a.max() + 1, labels, counts)
+                     - weighted_auc(rank_b, rank_b.max() + 1, labels, counts))
+    return (float(delta), *_interval(deltas, level))
+
+
+def paired_bootstrap_macro_auc(labels, probs_a, probs_b, *, resamples: int = 1000,
+                               level: float = 0.95, seed: int = 0
+                               ) -> tuple[float, float, float]:
+    """``paired_bootstrap_auc`` for K classes: the difference of the macro
+    one-vs-rest AUCs of two models on the same tiles (the draws of
+    ``bootstrap_macro_auc`` with the same seed).
+
+    Args:
+        labels: (N,) class indices.
+        probs_a, probs_b: (N, K) class probabilities of the two models, row
+            i of each for the same tile.
+
+    Returns:
+        ``(delta, low, high)``; NaNs when fewer than two classes are present.
+    """
+    labels = np.asarray(labels, np.int64)
+    a, b = _paired(labels, probs_a, probs_b, 2)
+    if len(np.unique(labels)) < 2:
+        return float("nan"), float("nan"), float("nan")
+    n = len(labels)
+    cells_a, cells_b = _macro_cells(labels, a), _macro_cells(labels, b)
+    ones = np.ones(n)
+    delta = _weighted_macro_auc(cells_a, ones) - _weighted_macro_auc(cells_b, ones)
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(resamples)
+    for r in range(resamples):
+        counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        deltas[r] = _weighted_macro_auc(cells_a, counts) - _weighted_macro_auc(cells_b, counts)
+    return (float(delta), *_interval(deltas, level))
+
+
+def distinguishable(low: float, high: float) -> bool:
+    """Whether a difference's interval excludes 0 (NaN bounds: not distinguishable)."""
+    return bool(low > 0 or high < 0)
+
+
+def _paired(labels, probs_a, probs_b, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(probs_a, np.float64), np.asarray(probs_b, np.float64)
+    if a.shape != b.shape or a.ndim != ndim or len(a) != len(labels):
+        raise PcamError(f"paired predictions must have one row per tile for both models, "
+                        f"{'(N,)' if ndim == 1 else '(N, K)'}: got {a.shape} and {b.shape} "
+                        f"for {len(labels)} labels")
+    return a, b
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    if np.isnan(values).all():
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -206,3 +206,116 @@ def _fmt(value, fmt: str) -> str:
 
 def _ci(m: dict) -> str:
     return f"{_fmt(m['auc_low'], '{:.4f}')}–{_fmt(m['auc_high'], '{:.4f}')}"
+
+
+def compare_page(record: dict, images: list[Figure]) -> str:
+    """The comparison page (``pcam.compare``): conclusions, the side-by-side
+    table with the paired differences from the best backbone, figures.
+
+    Args:
+        record: what ``pcam.compare`` writes as ``comparison.json``.
+        images: the figures, in the order shown.
+    """
+    e = html.escape
+    binary = record["task"] == "binary"
+    classes = record["classes"]
+    auc_name = "ROC AUC" if binary else "macro AUC (one vs rest)"
+    columns = [("auc", auc_name, "{:.4f}"), ("auc_ci", "95% CI (bootstrap)", "{}"),
+               ("accuracy", "accuracy", "{:.3f}"),
+               ("balanced_accuracy", "balanced accuracy", "{:.3f}")]
+    if binary:
+        columns += [("sensitivity", f"sensitivity ({e(classes[1])})", "{:.3f}"),
+                    ("specificity", "specificity", "{:.3f}"), ("f1", "F1", "{:.3f}"),
+                    ("threshold", "threshold", "{:.3f}")]
+    else:  # recall per class: a table of its own below, classes down the side
+        columns += [("f1", "macro F1", "{:.3f}")]
+    columns += [("parameters", "parameters", "{:,}"),
+                ("seconds_per_epoch", "training s / epoch", "{:.1f}"),
+                ("tiles_per_second", "prediction tiles / s", "{:,.0f}"),
+                ("delta", f"Δ {'AUC' if binary else 'macro AUC'} vs best, paired 95% CI",
+                 "{}")]
+    head = "".join(f"<th>{heading}</th>" for _, heading, _ in columns)
+    rows = []
+    for r in record["rows"]:
+        cells = []
+        for key, _, fmt in columns:
+            if key == "auc_ci":
+                cells.append(f"<td>{_ci(r)}</td>")
+            elif key == "delta":
+                cells.append(f"<td>{e(_delta(r))}</td>")
+            else:
+                cells.append(f"<td>{_fmt(r.get(key), fmt)}</td>")
+        cls = ' class="pooled"' if r["backbone"] == record["best"] else ""
+        rows.append(f"<tr{cls}><td>{e(r['backbone'])}</td>{''.join(cells)}</tr>")
+    first = record["rows"][0]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(record['title'])}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{e(record['title'])}</h1>",
+        f'<p class="meta">written {e(record["written"])} by pcam (scripts/compare.py); '
+        f"{first['tiles']:,} out-of-fold tiles (folds {e(first['folds'])}), the same for every "
+        "backbone</p>",
+        *[f'<p class="note">{e(note)}</p>' for note in record["notes"]],
+        "<h2>Conclusions</h2>", "<ul>",
+        *[f"<li>{e(line)}</li>" for line in record["conclusions"]], "</ul>",
+        "<h2>Backbones side by side</h2>",
+        f"<table><tr><th>backbone</th>{head}</tr>{''.join(rows)}</table>",
+        '<p class="meta">' + e(
+            f"Each backbone's pooled out-of-fold predictions on the same tiles; the best "
+            f"{'AUC' if binary else 'macro AUC'} in bold. 95% CI: percentile bootstrap over "
+            f"tiles ({record['bootstrap']:,} resamples). Δ vs best: this backbone's AUC minus "
+            "the best's, with a paired bootstrap interval (the same resampled tiles for both "
+            "models); when it includes 0 the difference is not distinguishable from noise. "
+            + ("Accuracy, sensitivity, specificity and F1 at each run's threshold (Youden's J "
+               "on its pooled out-of-fold predictions, as its own report and model.json). "
+               if binary else
+               "Predicted class: the most probable; balanced accuracy is the mean recall. ")
+            + "Training s / epoch: the mean wall time of an epoch (training steps and "
+            "validation) over the compared folds and both phases, on the machine that trained "
+            "it. Prediction tiles / s: "
+            + (f"the first compared fold's model predicting {record['speed_tiles']:,} tiles of "
+               "its input size in batches of its training batch size, after one warm-up "
+               "batch, no test-time augmentation, on the machine that wrote this report. "
+               if record["speed_tiles"] else "not measured (--speed-tiles 0). ")
+            + "The table is also in ")
+        + '<a href="comparison.csv">comparison.csv</a> and '
+          '<a href="comparison.json">comparison.json</a>.</p>',
+    ]
+    if not binary:
+        parts += ["<h2>Recall (sensitivity) per class</h2>", _recall_table(record),
+                  '<p class="meta">The fraction of each true class called that class; the '
+                  "highest of each class in bold. Their mean is the balanced accuracy.</p>"]
+    for fig in images:
+        parts += [f"<h2>{e(fig.title)}</h2>", "<figure>",
+                  f'<img src="{e(fig.path.name)}" alt="{e(fig.title)}">',
+                  f"<figcaption>{e(fig.caption)}</figcaption></figure>"]
+    parts += ["<h2>Runs</h2>", "<p>Each backbone is an ordinary run in the comparison's "
+              "folder (its own report: &lt;backbone&gt;/report/index.html; "
+              "scripts/evaluate.py, predict.py and explain.py take it as --run).</p>",
+              "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _delta(row: dict) -> str:
+    if row["distinguishable"] == "best":
+        return "best"
+    text = (f"{_fmt(row['delta_auc'], '{:+.4f}')} ({_fmt(row['delta_low'], '{:+.4f}')} to "
+            f"{_fmt(row['delta_high'], '{:+.4f}')})")
+    return text + (": not distinguishable" if row["distinguishable"] == "not distinguishable"
+                   else "")
+
+
+def _recall_table(record: dict) -> str:
+    """Classes down the side, backbones across, the highest recall of a class in bold."""
+    e = html.escape
+    names = [r["backbone"] for r in record["rows"]]
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    rows = []
+    for c in record["classes"]:
+        values = [r.get(f"recall_{c}") for r in record["rows"]]
+        known = [v for v in values if v is not None and not math.isnan(v)]
+        top = max(known) if known else None
+        cells = "".join(f"<td><b>{_fmt(v, '{:.3f}')}</b></td>" if v == top and top is not None
+                        else f"<td>{_fmt(v, '{:.3f}')}</td>" for v in values)
+        rows.append(f"<tr><td>{e(c)}</td>{cells}</tr>")
+    return f'<table class="classes"><tr><th>class</th>{head}</tr>{"".join(rows)}</table>'

@@ -441,3 +441,40 @@ class HeatmapSettings:
         _check(self, stride=_at_least(0), region=_at_least(-1), batch_size=_at_least(1),
                folds=(lambda v: all(isinstance(k, int) and k >= 0 for k in v),
                       "fold numbers, 0 or more"))
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """Which backbones are compared, on the same folds, and where (see pcam/compare.py).
+
+    ``training`` is the template of every backbone's run: all the training
+    options, the backbone replaced by each of ``backbones``.
+    """
+
+    backbones: tuple = _opt((), "backbones to compare, comma-separated, e.g. "
+                                "resnet50v2,densenet121,simple-cnn (a wrong name lists them)")
+    name: str = _opt("", "comparison name: its runs go to RUNS_DIR/NAME/<backbone>/ and its "
+                         "report to RUNS_DIR/NAME/report/ (default: a timestamp)")
+    report_only: bool = _opt(False, "train nothing: gather the runs under RUNS_DIR/NAME into "
+                                    "its report (after --backbones X on several machines)")
+    bootstrap: int = _opt(1000, "bootstrap resamples for the AUC intervals and the paired "
+                                "differences")
+    speed_tiles: int = _opt(256, "tiles each backbone's model predicts to measure tiles/s "
+                                 "(0: not measured)")
+    training: RunSettings = field(default_factory=RunSettings)
+
+    def __post_init__(self):
+        from pcam.errors import PcamError
+
+        _check(self, bootstrap=_at_least(1), speed_tiles=_at_least(0))
+        if not self.report_only and not self.backbones:
+            raise PcamError("--backbones: name at least one backbone to train, e.g. "
+                            "--backbones resnet50v2,densenet121 (or --report to gather runs)")
+        if len(set(self.backbones)) != len(self.backbones):
+            raise PcamError(f"--backbones {','.join(self.backbones)}: a backbone is named twice")
+        if self.report_only and not self.name:
+            raise PcamError("--report gathers the runs of a comparison: give its --name")
+
+    @property
+    def compare_dir(self) -> Path:
+        return Path(self.training.runs_dir) / self.name

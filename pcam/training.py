@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +79,16 @@ def default_run_name() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def run_cv(settings: RunSettings) -> dict | None:
+def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None) -> dict | None:
     """Train the folds of a run (all, or ``settings.fold``), then summarise and,
     once every fold is finished, write the evaluation report (``RUN/report/``).
+
+    Args:
+        settings: the run's settings.
+        folds: the folds to use (id, label, fold), as a run's ``folds.csv``
+            holds them, instead of assigning new ones: a comparison
+            (``pcam.compare``) hands every backbone's run the same folds. A
+            run started earlier keeps its own ``folds.csv``.
 
     Returns:
         The CV summary once every fold is finished, else None.
@@ -116,9 +124,9 @@ def run_cv(settings: RunSettings) -> dict | None:
     # and a second process on the same fold is refused.
     if chief:
         with _run_lock(run_dir):
-            folds = _check_or_write_config(settings, run_dir, store)
+            folds = _check_or_write_config(settings, run_dir, store, folds)
             remove_stale_temporaries(run_dir)
-    else:  # the same seeded folds as the chief's, nothing written
+    elif folds is None:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds, store.classes)
     todo = range(k_all) if settings.fold == -1 else [settings.fold]
@@ -186,13 +194,17 @@ def _run_lock(run_dir: Path):
     return locks.exclusive(run_dir, f"run {run_dir}", wait=True)
 
 
-def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store) -> pd.DataFrame:
+def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
+                           handed: pd.DataFrame | None = None) -> pd.DataFrame:
     """Check a resumed run's settings, or check a new run's and write them.
 
     A run whose first epoch has not finished (a command refused, or stopped
     early) takes the new settings: nothing trained depends on the old ones.
     Everything that could refuse the command is checked before anything is
     written, so a refused command never ties its run name to its settings.
+
+    Args:
+        handed: folds to write instead of assigning new ones (see ``run_cv``).
 
     Returns:
         The run's folds (id, label, fold).
@@ -208,8 +220,11 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store) -
             return load_or_assign(run_dir / "folds.csv", store.index(), settings.folds,
                                   store.classes)
     _check_model(settings, store)
-    folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
-                         settings.folds, store.classes)
+    if handed is not None:
+        folds = _check_handed(handed, store, settings)
+    else:
+        folds = assign_folds(subset(store.index(), settings.folds.max_tiles,
+                                    settings.folds.seed), settings.folds, store.classes)
     try:
         to_json(settings, config)
         atomic_write_text(run_dir / "folds.csv", folds.to_csv(index=False))
@@ -217,6 +232,25 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store) -
         raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
                         "choose another --runs-dir") from None
     return folds
+
+
+def _check_handed(folds: pd.DataFrame, store: Store, settings: RunSettings) -> pd.DataFrame:
+    """Handed folds, refused unless they split tiles of this store, with their
+    labels, into ``--folds`` folds."""
+    index = store.index().set_index("id")["label"]
+    unknown = folds.loc[~folds["id"].isin(index.index), "id"]
+    if len(unknown):
+        raise PcamError(f"the folds handed to run {settings.run_dir} name {len(unknown)} tile(s) "
+                        f"not in its store (e.g. {unknown.iloc[0]}): they were made for other "
+                        "data; start a new comparison")
+    if (index[folds["id"]].to_numpy() != folds["label"].to_numpy()).any():
+        raise PcamError(f"the folds handed to run {settings.run_dir} give other labels than its "
+                        "store: they were made for other data; start a new comparison")
+    if sorted(folds["fold"].unique()) != list(range(settings.folds.folds)):
+        raise PcamError(f"the folds handed to run {settings.run_dir} are not folds 0 to "
+                        f"{settings.folds.folds - 1} (--folds {settings.folds.folds}); use the "
+                        "comparison's --folds")
+    return folds[["id", "label", "fold"]].reset_index(drop=True)
 
 
 def _started(run_dir: Path) -> bool:
@@ -394,6 +428,9 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     BackupAndRestore, whose backups would live in each worker's own scratch
     folder and restore different epochs; a killed fold then restarts."""
     callbacks = [
+        # First: it adds the epoch's seconds to the logs the CSV logger below
+        # writes (a comparison reports training time per epoch from them).
+        EpochSeconds(fold_dir / f"history_{phase.name}.csv"),
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
         # Written under a temporary name and renamed (pcam.checkpoints): a process
@@ -426,6 +463,29 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     if train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(fold_dir / "tensorboard"))
     return callbacks
+
+
+class EpochSeconds(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` (wall time of the epoch: its training steps and
+    its validation pass) to the epoch's logs, so that ``history_<phase>.csv``
+    records how long each epoch took on the machine that trained it.
+
+    A phase resumed from a log written without that column (by an older
+    pcam) is left without it: the CSV logger appends under the old header.
+    """
+
+    def __init__(self, log: Path):
+        super().__init__()
+        header = log.read_text().partition("\n")[0] if log.is_file() else ""
+        self._on = not header or "epoch_seconds" in header.split(",")
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._on and logs is not None and self._start is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
 def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
