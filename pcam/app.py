@@ -210,9 +210,6 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-png_bytes = figure_png  # the name earlier callers know
-
-
 def augment(info):
     """The evaluation-time settings the models were trained with (their centre crop)."""
     from pcam.settings import AugmentSettings

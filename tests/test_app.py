@@ -162,12 +162,15 @@ def upload_and_read(driver, url: str, files: list[Path], timeout: float = 120) -
     pattern = re.compile(r"p\([^)]+\) = ([0-9.]+)")
 
     def shown(d):
-        found = [pattern.search(e.text) for e in d.find_elements(By.CSS_SELECTOR, "p")]
+        # One round trip per look (not one per paragraph): on a busy CPU each
+        # WebDriver call can take seconds.
+        texts, drawn = d.execute_script(
+            "return [[...document.querySelectorAll('p')].map(p => p.textContent), "
+            "[...document.querySelectorAll('[data-testid=stImage] img')].filter("
+            "i => i.complete && i.naturalWidth > 0).length]")
+        found = [pattern.search(t) for t in texts]
         values = [float(m.group(1)) for m in found if m]
         # Done when every file shows its number, its picture and its Grad-CAM, drawn.
-        drawn = d.execute_script("return [...document.querySelectorAll("
-                                 "'[data-testid=stImage] img')].filter("
-                                 "i => i.complete && i.naturalWidth > 0).length")
         return values if len(values) == len(files) and drawn >= 2 * len(files) else False
 
     return wait.until(shown)
