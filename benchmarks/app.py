@@ -18,6 +18,28 @@ steps of one upload inside the app, timed without Streamlit, as issue 14
 first merged them and as they are now. Target (issue 14): under 1 s for
 simple-cnn on this CPU.
 
+Measured on the 2-core CPU shared with other jobs (load average 5.2-5.4 at
+the end of each run), two runs, seconds (warm median; CPU of server +
+browser; the same tile again, cached):
+
+    simple-cnn   1.68 / 1.81   CPU 1.59 / 1.88   again 1.03 / 1.31
+    resnet50     2.78 / 3.02   CPU 2.67 / 2.95   again 1.14 / 1.18
+    echo page    0.20 / 0.20   CPU 0.23 / 0.24
+    (issue 14 as first merged: simple-cnn 1.61-1.88, resnet50 3.65-4.06)
+
+Inside the app, per upload (before -> now), simple-cnn: predict 0.22-0.30
+-> 0.003-0.006 (a graph per model instead of one traced per upload),
+Grad-CAM 0.025-0.055 -> 0.004 (traced), its picture 0.34-0.36 -> 0.012-0.016
+(numpy + PIL); resnet50: predict 1.1-2.1 -> 0.026, Grad-CAM 0.42-0.58 ->
+0.023-0.031. pcam's own work per upload is now ~0.03 s (simple-cnn) and
+~0.07 s (resnet50) of the 1.7-3 s: the rest is Streamlit's rerun and the
+browser drawing the page (a cached upload still takes ~1.1 s, against 0.2 s
+for the echo page's line and two pictures), and, on this busy CPU, models
+called after the server sat idle: in the server the first model call of a
+rerun took 0.5-1.4 s where an immediate second took 0.03 s (the thread
+pools' threads waiting to be scheduled again). The target is not met on
+this shared CPU; the floor for what the page draws is ~0.2 s.
+
 Screenshots of the page at desktop (1400 px) and phone (390 px) width, with
 a tile and a 2x2-tile mosaic (which gets a heat map), go to --shots.
 """
