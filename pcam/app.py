@@ -1,21 +1,33 @@
 """The pcam app: upload images, see a run's answer, its Grad-CAM and heat maps.
 
     pcam-app --run runs/NAME                    # or: pcam-app (runs found under runs/)
+    pcam-app --run runs/NAME/fold_0/best.keras  # one model file (its model.json beside it)
     streamlit run pcam/app.py -- --run runs/NAME
 
 Streamlit lays out what pcam's library computes: ``pcam.images.decode_bytes``
 reads the uploads (the same decoder as every other command),
 ``pcam.inference.predict_tiles`` gives the probabilities (fold ensemble x
-test-time views), ``pcam.gradcam`` the evidence, ``pcam.heatmap`` the maps of
-images larger than a tile. Models are loaded once per run and fold choice
-(``st.cache_resource``). Nothing here computes on pixels itself.
+test-time views, all uploads in one model call), ``pcam.gradcam`` the
+evidence, ``pcam.heatmap`` the maps of images larger than a tile. Nothing
+here computes on pixels itself.
+
+Streamlit runs this whole file again on every upload and every click, so
+what is slow is computed once and kept: the models (and their traced
+graphs) per run and fold choice (``st.cache_resource``); each upload's
+decoded pixels, probabilities, Grad-CAM and heat map per (file bytes, run,
+folds, test-time views, Grad-CAM class) (``st.cache_data``). Changing the
+Grad-CAM class recomputes only the Grad-CAMs; opening the page again with
+the same files recomputes nothing (``benchmarks/app.py``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from pcam.errors import PcamError
@@ -26,20 +38,44 @@ ENSEMBLE = "all finished folds (ensemble)"
 SERVER_OPTIONS = ("--server.headless", "true", "--browser.gatherUsageStats", "false",
                   "--client.toolbarMode", "viewer")
 TILE_WIDTH = 224  # px on the page for a tile-sized upload (a 96 px tile blown up to a column is a blur)
+PANEL = 192  # px of each Grad-CAM picture: a 96 px tile at 2x, three side by side fit a phone
+KEEP = 256  # uploads' results kept per cached step (a Grad-CAM PNG is ~0.1 MB)
 
+
+# --- the launcher ----------------------------------------------------------------------
 
 def main(argv=None) -> None:
-    """``pcam-app [--run R] [--port P]``: start ``streamlit run`` on this file."""
+    """``pcam-app [--run R] [--runs-dir D] [--port P]``: serve this page (``streamlit run``)."""
+    from pcam.cli import run
+
+    run(launch, argv)
+
+
+def launch(argv=None) -> int:
+    """Check ``--run``, then run the Streamlit server until it stops; its exit status."""
     parser = argparse.ArgumentParser(prog="pcam-app", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="", help="run folder to open (default: choose one "
-                                                  "of those under --runs-dir)")
+    parser.add_argument("--run", default="", help="run folder, or a model file (best.keras "
+                        "with its model.json beside it), to open (default: choose one of "
+                        "those under --runs-dir)")
     parser.add_argument("--runs-dir", default="runs", help="folder searched for runs")
     parser.add_argument("--port", type=int, default=8501, help="port to serve on")
+    parser.add_argument("--address", default="", help="address to serve on (default: "
+                        "Streamlit's, every interface; 127.0.0.1: this machine only)")
     args = parser.parse_args(argv)
+    if args.run:
+        finished(args.run)  # a wrong --run is told here, in one line, not on a page later
     cmd = [sys.executable, "-m", "streamlit", "run", __file__, "--server.port", str(args.port),
+           *(("--server.address", args.address) if args.address else ()),
            *SERVER_OPTIONS, "--", "--run", args.run, "--runs-dir", args.runs_dir]
-    sys.exit(subprocess.call(cmd))
+    server = subprocess.Popen(cmd)
+    # This process only launches: a SIGTERM to it (a service manager, a test)
+    # stops the server too instead of leaving it serving, orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the server too (one process group)
+        return server.wait()
 
 
 def page_args(argv) -> argparse.Namespace:
@@ -60,8 +96,110 @@ def find_runs(runs_dir: str | Path) -> list[str]:
     return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
-def png_bytes(fig) -> bytes:
-    """A figure as PNG bytes (for the page and its download button), then closed."""
+def finished(run: str) -> list[int]:
+    """The run's finished folds; [] for a model file (``best.keras`` + its ``model.json``).
+
+    Raises:
+        PcamError: no run folder or model file at ``run``, or a run without
+            a finished fold.
+    """
+    from pcam.runs import load_run, resolve_folds
+
+    if is_model_file(run):
+        if not Path(run).is_file():
+            raise PcamError(f"{run}: no such model file")
+        return []
+    run_dir, config = load_run(run)
+    return resolve_folds(run_dir, config)
+
+
+def is_model_file(run: str) -> bool:
+    return str(run).endswith(".keras")
+
+
+# --- what the page shows, computed (no Streamlit) -----------------------------------
+
+@dataclass(frozen=True)
+class Loaded:
+    """A run's models for one fold choice, loaded once (``st.cache_resource``).
+
+    Attributes:
+        ensemble: ``(model, ModelInfo)`` per fold (``pcam.inference.load_ensemble``).
+        explain: Grad-CAM of the first of them (``pcam.gradcam.explainer``).
+    """
+
+    ensemble: list
+    explain: object
+
+    @property
+    def info(self):
+        return self.ensemble[0][1]
+
+
+def load(run: str, folds: tuple) -> Loaded:
+    """The models of ``folds`` of ``run`` (``(-1,)``: ``run`` is a model file)."""
+    from pcam.gradcam import explainer
+    from pcam.inference import load_ensemble
+    from pcam.runs import load_model_with_info
+
+    ensemble = ([load_model_with_info(Path(run))] if is_model_file(run)
+                else load_ensemble(Path(run), folds))
+    # Grad-CAM splits the first model's own layers: no second copy of its weights.
+    return Loaded(ensemble, explainer(ensemble[0][0]))
+
+
+def probabilities(loaded: Loaded, images: list, views: tuple):
+    """Every image's class probabilities, all in one model call per fold."""
+    from pcam.inference import as_tiles, predict_tiles
+
+    info = loaded.info
+    return predict_tiles(loaded.ensemble, as_tiles(images, info.tile_size), views,
+                         augment(info), 256)
+
+
+def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
+    """One image's Grad-CAM pictures (``pcam.figures.explanation_panels``) as
+    PNG bytes, the first model's probability of ``target`` and the raw
+    map's peak (0: no evidence anywhere)."""
+    import numpy as np
+
+    from pcam.augment import compose, eval_ops
+    from pcam.figures import explanation_panels
+    from pcam.gradcam import gradcam
+    from pcam.inference import as_tiles
+
+    info = loaded.info
+    tile = as_tiles([image], info.tile_size)
+    fed = np.asarray(compose(eval_ops(augment(info)))(tile, None)) if info.centre_crop else tile
+    index = info.classes.index(target)
+    heat, probs = gradcam(loaded.explain, fed, index)
+    p = float(probs[0]) if info.binary else float(probs[0][index])
+    p_target = p if not info.binary or index == 1 else 1 - p
+    picture = explanation_panels(fed[0], heat[0], info.label_region, side=PANEL)
+    return png(picture), p_target, float(heat[0].max())
+
+
+def heat_map_png(loaded: Loaded, image, views: tuple, name: str) -> bytes:
+    """The heat map over an image larger than a tile, as a PNG (``pcam.heatmap``)."""
+    from pcam.heatmap import heat_map, heat_map_figure
+
+    heat = heat_map(loaded.ensemble, image, loaded.info, views=views)
+    return figure_png(heat_map_figure(heat, image, name))
+
+
+def png(picture) -> bytes:
+    """An RGB uint8 array as PNG bytes, compressed lightly: on tissue, zlib's
+    level 1 makes a file 1% larger than its default level 6, 3x faster
+    (0.03 s against 0.1 s for a 608x192 px Grad-CAM picture on a busy CPU)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (for the page and its download button), then closed."""
     import matplotlib.pyplot as plt
 
     from pcam.figures import DPI
@@ -72,19 +210,85 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
+def augment(info):
+    """The evaluation-time settings the models were trained with (their centre crop)."""
+    from pcam.settings import AugmentSettings
+
+    return AugmentSettings(centre_crop=info.centre_crop)
+
+
+def digest(data: bytes) -> str:
+    """The key an upload's results are kept under: its bytes, not its name."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# --- the page (Streamlit) --------------------------------------------------------------
+# Under `streamlit run` the cached forms of the steps above are made at the
+# bottom of this file; their parameters starting with "_" are not hashed
+# (the digest beside them stands for them).
+
 def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTest and a browser)
-    import numpy as np
+    """The whole page: sidebar, uploads, the table, one block per image."""
     import streamlit as st
+
+    from pcam.inference import TTA_VIEWS, probability_table
 
     st.set_page_config(page_title="pcam", page_icon="🔬", layout="wide")
     args = page_args(sys.argv[1:])
     st.title("pcam: tile classifier")
     st.caption(f"⚠️ {NOTE} Upload H&E images; a run trained by pcam answers.")
 
-    runs = find_runs(args.runs_dir)
+    run, folds, tta = choose_run(args)
+    try:
+        loaded = _load(run, folds)
+    except PcamError as err:
+        st.error(str(err))
+        st.stop()
+    info = loaded.info
+    target = choose_target(info)
+
+    uploads = st.file_uploader("Images (TIFF, PNG, JPEG; any size)", accept_multiple_files=True)
+    if not uploads:
+        st.info("Upload one or more images to see the model's answer.")
+        return
+    names, images, keys = read_uploads(uploads)
+    if not images:
+        return
+    views = TTA_VIEWS[8 if tta else 1]
+    # Everything is computed before anything below is drawn: the browser redraws
+    # as elements arrive, and on a small CPU its drawing and the models slow
+    # each other down (benchmarks/app.py).
+    probs = _probabilities(run, folds, views, tuple(keys), _images=images)
+    cams = [attempt(_explained, run, folds, target, key, _image=image)
+            for key, image in zip(keys, images)]
+    maps = [attempt(_heat_map, run, folds, views, key, name, _image=image)
+            if min(image.shape[:2]) > info.tile_size else None
+            for key, name, image in zip(keys, names, images)]
+
+    table = probability_table(names, probs, info.classes, info.threshold)
+    show_table(table, info)
+    which = f"fold {folds[0]}" if folds[0] >= 0 else Path(run).name
+    for i, name in enumerate(names):
+        show_upload(i, name, images[i], table.iloc[i], cams[i], maps[i], info, target, which)
+
+
+def attempt(step, *args, **kwargs) -> tuple:
+    """``(step(...), "")``, or ``(None, the PcamError's message)``: one
+    image's problem is told beside it, and the others still show."""
+    try:
+        return step(*args, **kwargs), ""
+    except PcamError as err:
+        return None, str(err)
+
+
+def choose_run(args) -> tuple[str, tuple, bool]:  # pragma: no cover - streamlit
+    """The sidebar's run (or model file), folds and test-time views; stops the page
+    with its reason when there is no usable run."""
+    import streamlit as st
+
     with st.sidebar:
         st.header("Model")
-        choices = list(dict.fromkeys([r for r in [args.run] if r] + runs))
+        choices = list(dict.fromkeys([r for r in [args.run] if r] + find_runs(args.runs_dir)))
         picked = st.selectbox("Run", choices, index=0) if choices else ""
         run = st.text_input("or a run folder, or a model file", value="",
                             placeholder="runs/NAME or .../best.keras").strip() or picked
@@ -93,7 +297,7 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
                        "or give its folder here.")
             st.stop()
         try:
-            folds_done = _finished(run)
+            folds_done = finished(run)
         except PcamError as err:
             st.error(str(err))
             st.stop()
@@ -104,42 +308,45 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
         else:  # a model file: itself (its model.json beside it)
             folds = (-1,)
         tta = st.toggle("Test-time augmentation (8 views)", value=False)
+    return run, folds, tta
 
-    try:
-        ensemble = _ensemble(run, folds)
-    except PcamError as err:
-        st.error(str(err))
-        st.stop()
-    info = ensemble[0][1]
+
+def choose_target(info) -> str:  # pragma: no cover - streamlit
+    """The sidebar's Grad-CAM class, and what the models are."""
+    import streamlit as st
+
     with st.sidebar:
         default = info.classes.index(info.positive) if info.binary else 0
         target = st.selectbox("Grad-CAM shows evidence for", info.classes, index=default)
         st.caption(f"{len(info.classes)} classes · {info.tile_size} px tiles · "
                    f"{info.backbone or 'model'}"
                    + (f" · threshold {info.threshold:.3f}" if info.binary else ""))
+    return target
 
-    uploads = st.file_uploader("Images (TIFF, PNG, JPEG; any size)", accept_multiple_files=True)
-    if not uploads:
-        st.info("Upload one or more images to see the model's answer.")
-        return
 
-    from pcam.images import decode_bytes
-    from pcam.inference import TTA_VIEWS, as_tiles, predict_tiles, probability_table
+def read_uploads(uploads) -> tuple[list, list, list]:  # pragma: no cover - streamlit
+    """Names, decoded pixels and digests of the uploads that are images; an
+    error line for each of the others."""
+    import streamlit as st
 
-    views = TTA_VIEWS[8 if tta else 1]
-    names, images = [], []
+    names, images, keys = [], [], []
     for upload in uploads:
-        image, problem = decode_bytes(upload.getvalue(), upload.name)
+        data = upload.getvalue()
+        key = digest(data)
+        image, problem = _decode(key, _data=data)
         if problem:
             st.error(f"{upload.name} {problem}; skipped.")
         else:
             names.append(upload.name)
             images.append(image)
-    if not images:
-        return
-    probs = predict_tiles(ensemble, as_tiles(images, info.tile_size), views,
-                          _augment(info), 256)
-    table = probability_table(names, probs, info.classes, info.threshold)
+            keys.append(key)
+    return names, images, keys
+
+
+def show_table(table, info) -> None:  # pragma: no cover - streamlit
+    """Every upload's probabilities, and the table as a CSV to download."""
+    import streamlit as st
+
     st.subheader("Results")
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"path": st.column_config.TextColumn("file", width="small"),
@@ -148,124 +355,107 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     st.download_button("Download the table (CSV)", table.to_csv(index=False, float_format="%.6g"),
                        file_name="pcam-predictions.csv", mime="text/csv")
 
-    explain = _explainer(run, folds[0])
-    for i, (name, image) in enumerate(zip(names, images)):
-        row = table.iloc[i]
-        st.divider()
-        left, right = st.columns([1, 2], gap="large")
-        with left:
-            st.markdown(f"#### {name}")
-            small = max(image.shape[:2]) <= TILE_WIDTH
-            st.image(image, caption=f"{image.shape[1]}x{image.shape[0]} px",
-                     width=TILE_WIDTH if small else "stretch")
-            st.markdown(f"Predicted: **{row['predicted']}**"
-                        + (f" (threshold {info.threshold:.3f})" if info.binary else ""))
-            shown = info.positive if info.binary else row["predicted"]
-            st.markdown(f"p({shown}) = `{row[shown]:.6f}`")
-            for c in info.classes:
-                st.progress(float(np.clip(row[c], 0, 1)), text=f"{c}: {row[c]:.4f}")
-        with right:
-            which = f"fold {folds[0]}" if folds[0] >= 0 else Path(run).name
-            st.markdown(f"Grad-CAM for **{target}** ({which})")
-            try:
-                fig, peak = _gradcam_figure(explain, image, info, target, name)
-            except PcamError as err:  # one image's problem; the others still show
-                st.error(f"{name}: {err}")
-                continue
-            st.image(fig, width="stretch")
-            if peak == 0:
-                st.caption(f"The map is empty: this model found no evidence for {target} "
-                           "anywhere in this image.")
-            st.download_button("Grad-CAM (PNG)", fig, file_name=f"{Path(name).stem}-gradcam.png",
-                               mime="image/png", key=f"cam-{i}")
-            if min(image.shape[:2]) > info.tile_size:
-                from pcam.heatmap import heat_map, heat_map_figure
 
-                try:
-                    heat = heat_map(ensemble, image, info, views=views)
-                except PcamError as err:
-                    st.error(f"{name}: {err}")
-                    continue
-                png = png_bytes(heat_map_figure(heat, image, name))
-                st.markdown("Heat map over the whole image")
-                st.image(png, width="stretch")
-                st.download_button("Heat map (PNG)", png,
-                                   file_name=f"{Path(name).stem}-heatmap.png",
-                                   mime="image/png", key=f"map-{i}")
-
-
-def _model_file(run: str) -> bool:
-    return run.endswith(".keras")
-
-
-def _finished(run: str) -> list[int]:
-    """The run's finished folds; [] for a model file (``best.keras`` + its ``model.json``)."""
-    from pcam.runs import load_run, resolve_folds
-
-    if _model_file(run):
-        if not Path(run).is_file():
-            raise PcamError(f"{run}: no such model file")
-        return []
-
-    run_dir, config = load_run(run)
-    return resolve_folds(run_dir, config)
-
-
-def _augment(info):
-    from pcam.settings import AugmentSettings
-
-    return AugmentSettings(centre_crop=info.centre_crop)
-
-
-def _gradcam_figure(explain, image, info, target: str, name: str) -> tuple[bytes, float]:
-    """The tile's Grad-CAM figure (``pcam.figures.explanation``) as PNG bytes,
-    and the raw map's peak (0: no evidence anywhere)."""
-    import numpy as np
-
-    from pcam.augment import compose, eval_ops
-    from pcam.figures import explanation
-    from pcam.gradcam import gradcam
-    from pcam.inference import as_tiles
-
-    tile = as_tiles([image], info.tile_size)
-    fed = np.asarray(compose(eval_ops(_augment(info)))(tile, None)) if info.centre_crop else tile
-    index = info.classes.index(target)
-    heat, probs = gradcam(explain, fed, index)
-    p = float(probs[0]) if info.binary else float(probs[0][index])
-    p_target = p if not info.binary or index == 1 else 1 - p
-    figure = explanation(fed[0], heat[0], name, f"p({target}) = {p_target:.4f} (this fold)",
-                         label_region=info.label_region)
-    return png_bytes(figure), float(heat[0].max())
-
-
-def _cached(kind):
+def show_upload(i: int, name: str, image, row, cam: tuple, heat: tuple | None, info,
+                target: str, which: str) -> None:  # pragma: no cover - streamlit
+    """One upload's block: its answer on the left; its Grad-CAM (and heat map) on the right."""
     import streamlit as st
 
-    return st.cache_resource(show_spinner=f"loading the {kind} ...", max_entries=4)
+    st.divider()
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        show_answer(name, image, row, info)
+    with right:
+        show_gradcam(i, name, cam, target, which, info.label_region)
+        if heat is not None:
+            show_heat_map(i, name, heat)
 
 
-def _load_ensemble(run: str, folds: tuple) -> list:
-    from pcam.inference import load_ensemble
+def show_answer(name: str, image, row, info) -> None:  # pragma: no cover - streamlit
+    """One upload's name, picture, predicted class and a bar per class."""
+    import numpy as np
+    import streamlit as st
 
-    from pcam.runs import load_model_with_info
+    st.markdown(f"#### {name}")
+    small = max(image.shape[:2]) <= TILE_WIDTH
+    st.image(image, caption=f"{image.shape[1]}x{image.shape[0]} px",
+             width=TILE_WIDTH if small else "stretch")
+    st.markdown(f"Predicted: **{row['predicted']}**"
+                + (f" (threshold {info.threshold:.3f})" if info.binary else ""))
+    shown = info.positive if info.binary else row["predicted"]
+    st.markdown(f"p({shown}) = `{row[shown]:.6f}`")
+    for c in info.classes:
+        st.progress(float(np.clip(row[c], 0, 1)), text=f"{c}: {row[c]:.4f}")
 
-    if _model_file(run):
-        return [load_model_with_info(Path(run))]
-    return load_ensemble(Path(run), folds)
+
+def show_gradcam(i: int, name: str, cam: tuple, target: str, which: str,
+                 region: int) -> None:  # pragma: no cover - streamlit
+    """One upload's Grad-CAM pictures (``explained``), what they show, and a download."""
+    import streamlit as st
+
+    value, problem = cam
+    if problem:
+        st.error(f"{name}: {problem}")
+        return
+    picture, p_target, peak = value
+    st.markdown(f"Grad-CAM for **{target}** ({which}; its probability of {target}: "
+                f"{p_target:.4f})")
+    st.image(picture, width="content")
+    st.caption("tile · heat map, blue 0 (no evidence) to red 1 (the strongest) · overlay"
+               + (f"; white square: the centre {region} px, which decides the label"
+                  if region else ""))
+    if peak == 0:
+        st.caption(f"The map is empty: this model found no evidence for {target} "
+                   "anywhere in this image.")
+    st.download_button("Grad-CAM (PNG)", picture, file_name=f"{Path(name).stem}-gradcam.png",
+                       mime="image/png", key=f"cam-{i}")
 
 
-def _load_explainer(run: str, fold: int):
-    from pcam.gradcam import explainer
-    from pcam.runs import load_model_with_info
+def show_heat_map(i: int, name: str, heat: tuple) -> None:  # pragma: no cover - streamlit
+    """The heat map over an upload larger than a tile (``heat_map_png``), and its download."""
+    import streamlit as st
 
-    path = Path(run) if _model_file(run) else Path(run) / f"fold_{fold}" / "best.keras"
-    model, _ = load_model_with_info(path)
-    return explainer(model)
+    picture, problem = heat
+    if problem:
+        st.error(f"{name}: {problem}")
+        return
+    st.markdown("Heat map over the whole image")
+    st.image(picture, width="stretch")
+    st.download_button("Heat map (PNG)", picture, file_name=f"{Path(name).stem}-heatmap.png",
+                       mime="image/png", key=f"map-{i}")
+
+
+def _cached_steps():  # pragma: no cover - streamlit
+    """The page's steps as Streamlit keeps them, for ``page``'s module globals."""
+    import streamlit as st
+
+    from pcam.images import decode_bytes
+
+    @st.cache_resource(show_spinner="loading the models ...", max_entries=4)
+    def load_models(run: str, folds: tuple) -> Loaded:
+        return load(run, folds)
+
+    @st.cache_data(show_spinner=False, max_entries=KEEP)
+    def decode(key: str, _data: bytes):
+        return decode_bytes(_data)
+
+    @st.cache_data(show_spinner=False, max_entries=KEEP)
+    def probs(run: str, folds: tuple, views: tuple, keys: tuple, _images: list):
+        return probabilities(load_models(run, folds), _images, views)
+
+    @st.cache_data(show_spinner=False, max_entries=KEEP)
+    def gradcam(run: str, folds: tuple, target: str, key: str, _image):
+        return explained(load_models(run, folds), _image, target)
+
+    @st.cache_data(show_spinner="drawing the heat map ...", max_entries=KEEP // 4)
+    def heat(run: str, folds: tuple, views: tuple, key: str, name: str, _image):
+        return heat_map_png(load_models(run, folds), _image, views, name)
+
+    return load_models, decode, probs, gradcam, heat
 
 
 if __name__ == "__main__":
     # Under `streamlit run` (and AppTest) this file is __main__: lay out the page.
-    # Models stay loaded across reruns and sessions.
-    _ensemble = _cached("models")(_load_ensemble)
-    _explainer = _cached("Grad-CAM model")(_load_explainer)
+    # What is cached stays across reruns and browser sessions.
+    _load, _decode, _probabilities, _explained, _heat_map = _cached_steps()
     page()

@@ -503,3 +503,53 @@ def validation_curves(histories: dict[str, list[pd.DataFrame]], metric: str = "A
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def explanation_panels(tile: np.ndarray, heat: np.ndarray, label_region: int = PCAM_REGION,
+                       side: int = 192, gap: int = 8) -> np.ndarray:
+    """``explanation``'s three pictures drawn straight into one RGB uint8
+    array, for a page that shows each upload's Grad-CAM at once: the tile,
+    the heat map in jet with its colour scale beside it (bottom 0: no
+    evidence, top 1: the strongest), and the map over the tile; the centre
+    ``label_region`` px square outlined, white on black, on the tile and
+    the overlay.
+
+    The same pictures as ``explanation`` without text (the page writes its
+    own), in ~5 ms instead of the ~0.15 s of a matplotlib figure and its PNG.
+
+    Args:
+        tile: (S, S, 3) uint8, the model's input.
+        heat: (S, S) in 0..1 (``pcam.gradcam.gradcam``).
+        side: pixels of each picture (S is scaled to it).
+        gap: white pixels between the pictures.
+
+    Returns:
+        (side, 3 * side + colour bar + gaps, 3) uint8.
+    """
+    from PIL import Image, ImageDraw
+
+    jet = matplotlib.colormaps["jet"]
+    size = tile.shape[0]
+    scale = side / size
+    big_tile = np.asarray(Image.fromarray(np.asarray(tile, np.uint8)).resize(
+        (side, side), Image.Resampling.BICUBIC), np.float32)
+    big_heat = np.asarray(Image.fromarray(np.asarray(heat, np.float32), mode="F").resize(
+        (side, side), Image.Resampling.BILINEAR))
+    colour = jet(np.clip(big_heat, 0, 1))[..., :3] * 255
+    alpha = 0.45  # as explanation's overlay
+    overlay = (1 - alpha) * big_tile + alpha * colour
+    bar = np.repeat(jet(np.linspace(1, 0, side))[:, None, :3] * 255, max(6, side // 16), axis=1)
+    white = np.full((side, gap, 3), 255.0)
+    strip = np.concatenate([big_tile, white, colour, white[:, :gap // 2], bar, white, overlay],
+                           axis=1).round().clip(0, 255).astype(np.uint8)
+    if label_region and size >= label_region:
+        picture = Image.fromarray(strip)
+        draw = ImageDraw.Draw(picture)
+        lo = (size - label_region) / 2 * scale
+        hi = lo + label_region * scale - 1
+        for left in (0, strip.shape[1] - side):  # the tile and the overlay
+            draw.rectangle((left + lo - 1, lo - 1, left + hi + 1, hi + 1), outline=(0, 0, 0),
+                           width=3)
+            draw.rectangle((left + lo, lo, left + hi, hi), outline=(255, 255, 255), width=1)
+        strip = np.asarray(picture)
+    return strip

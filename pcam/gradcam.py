@@ -20,7 +20,7 @@ no evidence for that class anywhere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -39,11 +39,14 @@ class Explainer:
         output: the output layer: one sigmoid unit (two classes) or a softmax
             ``Dense`` over K units.
         layer: name of the layer whose feature map is weighed.
+        graphs: the compiled Grad-CAM step per (image shape, dtype), made
+            on first use (``gradcam``).
     """
 
     features: keras.Model
     output: keras.layers.Dense
     layer: str
+    graphs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def map_shape(self) -> tuple[int, int]:
@@ -94,8 +97,8 @@ def explainer(model: keras.Model) -> Explainer:
                      maps[-1].name)
 
 
-def gradcam(explain: Explainer, tiles, target=None,
-            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def gradcam(explain: Explainer, tiles, target=None, batch_size: int = 32,
+            compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM heat maps and class probabilities for a stack of tiles.
 
     Args:
@@ -104,6 +107,10 @@ def gradcam(explain: Explainer, tiles, target=None,
         target: whose evidence to show: a class index for every tile, an
             array of one index per tile, or None for each tile's predicted
             class (two classes: at probability 0.5).
+        batch_size: tiles per step.
+        compiled: run the step as a graph function, traced once per image
+            shape and dtype and kept in ``explain`` (False: eagerly, op by op;
+            the same numbers, several times slower for one tile).
 
     Returns:
         ``(heat, probs)``: (N, H, W) float32 maps in 0..1, and the
@@ -112,15 +119,18 @@ def gradcam(explain: Explainer, tiles, target=None,
     tiles = np.asarray(tiles)
     units = explain.output.units
     n_classes = 2 if units == 1 else units
-    targets = None if target is None else np.broadcast_to(np.asarray(target, np.int64),
-                                                          (len(tiles),))
-    if targets is not None and len(targets) and not (0 <= targets.min() and
-                                                     targets.max() < n_classes):
+    # -1: each tile's predicted class, decided inside the step.
+    targets = np.broadcast_to(np.asarray(-1 if target is None else target, np.int64),
+                              (len(tiles),))
+    if target is not None and len(targets) and not (0 <= targets.min() and
+                                                    targets.max() < n_classes):
         raise PcamError(f"Grad-CAM target {target}: the model has classes 0 to {n_classes - 1}")
+    step = _compiled(explain, tiles.shape[1:], tiles.dtype) if compiled else (
+        lambda images, wanted: _batch(explain, images, wanted))
     heat, probs = [], []
     for start in range(0, len(tiles), batch_size):
-        chunk = None if targets is None else tf.constant(targets[start:start + batch_size])
-        h, p = _batch(explain, tf.convert_to_tensor(tiles[start:start + batch_size]), chunk)
+        h, p = step(tf.convert_to_tensor(tiles[start:start + batch_size]),
+                    tf.constant(targets[start:start + batch_size]))
         heat.append(h.numpy())
         probs.append(p.numpy())
     if not heat:
@@ -129,7 +139,29 @@ def gradcam(explain: Explainer, tiles, target=None,
     return np.concatenate(heat), np.concatenate(probs)
 
 
+def _compiled(explain: Explainer, image_shape, dtype):
+    """The Grad-CAM step as a graph function for (N, *image_shape) batches of
+    ``dtype``, traced once and kept in ``explain.graphs``.
+
+    Eagerly, each tile pays the Python dispatch of every layer twice (forward
+    and gradient): ~0.1 s for one simple-cnn tile on a CPU, against a few ms
+    for the traced graph.
+    """
+    key = (tuple(int(d) for d in image_shape), tf.as_dtype(dtype).name)
+    if key not in explain.graphs:
+        # No tensor-dependent Python control flow in the step: nothing to convert.
+        @tf.autograph.experimental.do_not_convert
+        def step(images, wanted):
+            return _batch(explain, images, wanted)
+
+        explain.graphs[key] = tf.function(
+            step, input_signature=[tf.TensorSpec((None, *key[0]), tf.as_dtype(dtype)),
+                             tf.TensorSpec((None,), tf.int64)])
+    return explain.graphs[key]
+
+
 def _batch(explain: Explainer, images, targets):
+    """Heat maps and probabilities of one batch; ``targets`` -1: the predicted class."""
     kernel = tf.cast(explain.output.kernel, tf.float32)
     bias = tf.cast(explain.output.bias, tf.float32)
     with tf.GradientTape() as tape:
@@ -137,12 +169,12 @@ def _batch(explain: Explainer, images, targets):
         logits = tf.matmul(tf.cast(head, tf.float32), kernel) + bias           # (N, units)
         if logits.shape[-1] == 1:
             logit = logits[:, 0]
-            wanted = (tf.cast(logit >= 0, tf.int64) if targets is None else targets)
+            wanted = tf.where(targets < 0, tf.cast(logit >= 0, tf.int64), targets)
             # Class 1's evidence is the logit; class 0's is its negation.
             score_per_tile = tf.where(tf.equal(wanted, 1), logit, -logit)
             probs = tf.sigmoid(logit)
         else:
-            wanted = tf.argmax(logits, axis=-1) if targets is None else targets
+            wanted = tf.where(targets < 0, tf.argmax(logits, axis=-1), targets)
             score_per_tile = tf.gather(logits, wanted, batch_dims=1)
             probs = tf.nn.softmax(logits)
         # Tiles do not interact at inference (BatchNorm uses its moving

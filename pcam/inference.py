@@ -30,7 +30,9 @@ import datetime
 import json
 import math
 import shlex
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -65,7 +67,9 @@ def tta_predictor(model, views: Sequence[int], batch_spec=None):
 
     The batch's views go through the model in one call of V*N images, so
     TTA x8 costs the model's compute for 8x the images and nothing more
-    (``benchmarks/predict.py``).
+    (``benchmarks/predict.py``). Each call of this function makes a new
+    graph function, traced on its first batch; callers that predict small
+    batches again and again (the app, heat maps) use ``cached_tta_predictor``.
 
     Args:
         batch_spec: the ``tf.TensorSpec`` of the batches (a dataset's
@@ -74,12 +78,61 @@ def tta_predictor(model, views: Sequence[int], batch_spec=None):
     """
     import tensorflow as tf
 
-    from pcam.augment import dihedral_view
+    views = _check_views(views)
+    predict = _tta_function(lambda: model, views, model.output_shape[-1])
+    if batch_spec is not None:
+        return tf.function(predict, input_signature=[batch_spec])
+    # reduce_retracing: after a second batch size, one graph serves every size.
+    return tf.function(predict, reduce_retracing=True)
 
-    views = tuple(views)
+
+# model -> {(views, image shape, dtype): graph function}. Weak keys: a model
+# dropped by its caller (the app's cache evicting a run) takes its graphs with it.
+_PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PREDICTORS_LOCK = threading.Lock()  # the app serves each browser session from its own thread
+
+
+def cached_tta_predictor(model, views: Sequence[int], image_shape: Sequence[int],
+                         dtype="uint8"):
+    """``tta_predictor(model, views)`` for batches of images of one shape and
+    dtype, made and traced once per model and kept while the model lives.
+
+    Tracing a new graph costs ~0.1 s on a CPU (simple-cnn; more for larger
+    models), as much as predicting a few hundred tiles: the app, which
+    predicts one upload at a time, paid it on every upload before.
+
+    Args:
+        image_shape: (H, W, C) of one image; any number of images per batch.
+        dtype: the images' dtype (uint8 tiles, or float32 after a centre crop).
+    """
+    import tensorflow as tf
+
+    views = _check_views(views)
+    shape = tuple(int(d) for d in image_shape)
+    key = (views, shape, tf.as_dtype(dtype).name)
+    with _PREDICTORS_LOCK:
+        graphs = _PREDICTORS.setdefault(model, {})
+        if key not in graphs:
+            # The graph reaches the model through a weak reference: a strong one
+            # would keep the model, the dictionary's key, alive for ever.
+            predict = _tta_function(weakref.ref(model), views, model.output_shape[-1])
+            graphs[key] = tf.function(predict, input_signature=[
+                tf.TensorSpec((None, *shape), tf.as_dtype(dtype))])
+        return graphs[key]
+
+
+def _check_views(views: Sequence[int]) -> tuple:
+    views = tuple(int(k) for k in views)
     if not views or any(not 0 <= k < 8 for k in views):
         raise ValueError(f"views must be dihedral view numbers 0..7, got {views}")
-    units = model.output_shape[-1]
+    return views
+
+
+def _tta_function(get_model, views: tuple, units: int):
+    """The Python body of a TTA predictor; ``get_model()`` gives the model when traced."""
+    import tensorflow as tf
+
+    from pcam.augment import dihedral_view
 
     # Plain TensorFlow ops over a Python list of views: nothing for AutoGraph
     # to convert, and converting resolved dihedral_view to another function
@@ -88,14 +141,11 @@ def tta_predictor(model, views: Sequence[int], batch_spec=None):
     def predict(images):
         n = tf.shape(images)[0]
         stacked = tf.concat([dihedral_view(images, k) for k in views], axis=0)  # view-major
-        probs = tf.cast(model(stacked, training=False), tf.float32)
+        probs = tf.cast(get_model()(stacked, training=False), tf.float32)
         mean = tf.reduce_mean(tf.reshape(probs, [len(views), n, units]), axis=0)
         return mean[:, 0] if units == 1 else mean
 
-    if batch_spec is not None:
-        return tf.function(predict, input_signature=[batch_spec])
-    # reduce_retracing: after a second batch size, one graph serves every size.
-    return tf.function(predict, reduce_retracing=True)
+    return predict
 
 
 def predict_batches(predictor, batches: Iterable, total: int | None = None,
@@ -480,7 +530,7 @@ def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = 
     fed = np.asarray(compose(eval_ops(augment))(tiles, None)) if len(tiles) else tiles
     per_model = []
     for model, _ in ensemble:
-        predictor = tta_predictor(model, views)
+        predictor = cached_tta_predictor(model, views, fed.shape[1:], fed.dtype)
         step = max(1, batch_images // len(views))
         per_model.append(predict_batches(
             predictor, (fed[i:i + step] for i in range(0, len(fed), step))))

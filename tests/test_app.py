@@ -6,9 +6,11 @@ and compare what the page shows with pcam's library on the same bytes.
 """
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -160,12 +162,15 @@ def upload_and_read(driver, url: str, files: list[Path], timeout: float = 120) -
     pattern = re.compile(r"p\([^)]+\) = ([0-9.]+)")
 
     def shown(d):
-        found = [pattern.search(e.text) for e in d.find_elements(By.CSS_SELECTOR, "p")]
+        # One round trip per look (not one per paragraph): on a busy CPU each
+        # WebDriver call can take seconds.
+        texts, drawn = d.execute_script(
+            "return [[...document.querySelectorAll('p')].map(p => p.textContent), "
+            "[...document.querySelectorAll('[data-testid=stImage] img')].filter("
+            "i => i.complete && i.naturalWidth > 0).length]")
+        found = [pattern.search(t) for t in texts]
         values = [float(m.group(1)) for m in found if m]
         # Done when every file shows its number, its picture and its Grad-CAM, drawn.
-        drawn = d.execute_script("return [...document.querySelectorAll("
-                                 "'[data-testid=stImage] img')].filter("
-                                 "i => i.complete && i.naturalWidth > 0).length")
         return values if len(values) == len(files) and drawn >= 2 * len(files) else False
 
     return wait.until(shown)
@@ -182,3 +187,86 @@ def test_browser_shows_the_library_probability(run, served, tmp_path):
     expected = library_probs(run, [paths[0].read_bytes()])
     assert abs(shown[0] - expected[0]) <= 1e-4, (shown, expected)
     assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def entry_point(name: str) -> tuple[str, str]:
+    """``(module, function)`` of a console script as setup.cfg declares it."""
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in
+                   config["options.entry_points"]["console_scripts"].strip().splitlines())
+    module, function = scripts[name].split(":")
+    return module, function
+
+
+def launcher(args: list[str], **kwargs) -> subprocess.Popen:
+    """The ``pcam-app`` console script, run as pip's wrapper runs it (without
+    needing pcam installed): its setup.cfg target called with ``args``."""
+    module, function = entry_point("pcam-app")
+    code = f"import sys; sys.argv[0] = 'pcam-app'; from {module} import {function}; {function}()"
+    return subprocess.Popen([sys.executable, "-c", code, *args],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, **kwargs)
+
+
+def test_pcam_app_serves_a_model_file_and_stops_with_its_launcher(run, tmp_path):
+    """``pcam-app --run .../best.keras`` answers on 127.0.0.1, and a SIGTERM to
+    the launcher stops the server it started (none is left serving)."""
+    pytest.importorskip("streamlit", reason="the app tests need streamlit")
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    log = open(tmp_path / "pcam-app.log", "w")
+    app = launcher(["--run", str(run / "fold_0" / "best.keras"), "--port", str(port),
+                    "--address", "127.0.0.1"], cwd=tmp_path, stdout=log,
+                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(health, timeout=1).status == 200:
+                    break
+            except OSError:
+                assert app.poll() is None, (tmp_path / "pcam-app.log").read_text()
+                time.sleep(0.25)
+        else:
+            pytest.fail(f"pcam-app did not answer: {(tmp_path / 'pcam-app.log').read_text()}")
+        app.terminate()
+        assert app.wait(timeout=30) == 0
+        with pytest.raises(OSError):
+            urllib.request.urlopen(health, timeout=1)
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_pcam_app_refuses_a_run_that_is_not_there_in_one_line(tmp_path):
+    for wrong, said in ((tmp_path / "best.keras", "no such model file"),
+                        (tmp_path, "no run here")):
+        app = launcher(["--run", str(wrong)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+        out, err = app.communicate(timeout=60)
+        assert app.returncode == 2 and said in err and err.count("\n") == 1, err
+        assert "Traceback" not in err and not out
+
+
+def test_gradcam_panels_show_the_map_and_the_centre_square():
+    """The page's Grad-CAM pictures (numpy + PIL): tile, map, colour bar,
+    overlay; red where the map is 1, blue where it is 0; the label's centre
+    square outlined in white on the tile and the overlay only."""
+    from pcam.app import PANEL
+    from pcam.figures import explanation_panels
+
+    tile = np.full((96, 96, 3), 128, np.uint8)
+    heat = np.zeros((96, 96), np.float32)
+    heat[:48, :48] = 1
+    strip = explanation_panels(tile, heat, label_region=32, side=PANEL)
+    assert strip.dtype == np.uint8 and strip.shape[0] == PANEL
+    maps = strip[:, PANEL + 8:2 * PANEL + 8].astype(int)
+    assert maps[20, 20, 0] > 100 and maps[20, 20, 2] < 50            # 1: red
+    assert maps[170, 170, 2] > 100 and maps[170, 170, 0] < 50        # 0: blue
+    lo = (96 - 32) // 2 * PANEL // 96                                 # the square's edge
+    for left in (0, strip.shape[1] - PANEL):
+        assert (strip[lo + 10, left + lo] == 255).all()              # white outline
+        assert (strip[lo + 10, left + lo + 3] != 255).any()          # inside: the picture
+    assert not (maps[lo + 10, lo] == 255).all()                       # not on the map
+    no_square = explanation_panels(tile, heat, label_region=0, side=PANEL)
+    assert (no_square[lo + 10, lo] == 128).all()

@@ -114,3 +114,25 @@ def test_a_k_class_model_explains_the_class_asked_for():
     assert not np.allclose(one, other)  # another class, other evidence
     with pytest.raises(PcamError, match="classes 0 to 3"):
         gradcam(explain, tiles, target=4)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_traced_step_equals_the_eager_one_and_is_traced_once(classes):
+    """The app explains one upload at a time: the traced step gives the eager
+    numbers, for the predicted class and for a class asked for, and is traced
+    once for every batch size."""
+    keras.utils.set_random_seed(3)
+    model = models.create_model("simple-cnn", num_classes=classes, image_size=32,
+                                weights="none", dense_units=8)
+    tiles = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
+    explain = explainer(model)
+    for target in (None, 1, np.array([0, 1, 1, 0, 1])):
+        eager = gradcam(explain, tiles, target, batch_size=2, compiled=False)
+        traced = gradcam(explain, tiles, target, batch_size=2)
+        assert eager[0].max() > 0  # maps with something in them to compare
+        np.testing.assert_allclose(traced[0], eager[0], atol=1e-5)
+        np.testing.assert_allclose(traced[1], eager[1], atol=1e-5)
+    for n in (1, 3):
+        gradcam(explain, tiles[:n], 1)
+    assert list(explain.graphs) == [((32, 32, 3), "uint8")]
+    assert explain.graphs[((32, 32, 3), "uint8")].experimental_get_tracing_count() == 1

@@ -21,9 +21,10 @@ from conftest import REPO
 from pcam.augment import dihedral_view
 from pcam.commands.predict import parse_folds
 from pcam.errors import PcamError
-from pcam.inference import (TTA_VIEWS, VIEW_NAMES, combine, load_fold_model, predict,
-                            predict_batches, rank_normalise, resolve_folds, tta_predictor,
-                            validate_submission, write_submission)
+from pcam.inference import (TTA_VIEWS, VIEW_NAMES, cached_tta_predictor, combine,
+                            load_fold_model, predict, predict_batches, predict_tiles,
+                            rank_normalise, resolve_folds, tta_predictor, validate_submission,
+                            write_submission)
 from pcam.metrics import auc
 from pcam.settings import DataSettings, InputSettings, PredictSettings, RunSettings, to_json
 
@@ -120,6 +121,40 @@ def test_tta_prediction_is_the_mean_of_single_view_predictions(run, tiles):
     all8 = tta_predictor(model, TTA_VIEWS[8])
     turned = predict_batches(all8, [view(tiles, 5)])
     np.testing.assert_allclose(turned, predict_batches(all8, [tiles]), atol=1e-5)
+
+
+def test_the_kept_predictor_gives_the_same_numbers_and_is_traced_once(run, tiles):
+    """The app predicts one upload at a time: each model keeps one graph per
+    (views, image shape, dtype), traced once for every batch size."""
+    import gc
+
+    import keras
+
+    from pcam import inference
+
+    model = load_fold_model(run.run_dir / "fold_0" / "best.keras")
+    for views in (TTA_VIEWS[1], TTA_VIEWS[8]):
+        kept = cached_tta_predictor(model, views, tiles.shape[1:], tiles.dtype)
+        batches = [tiles[:1], tiles[1:6], tiles[6:]]  # three batch sizes
+        np.testing.assert_allclose(predict_batches(kept, batches),
+                                   predict_batches(tta_predictor(model, views), batches),
+                                   atol=1e-6)
+        # predict_tiles (the app, heat maps) finds the same graph and traces nothing new.
+        for n in (1, 2, 7):
+            predict_tiles([(model, None)], tiles[:n], views)
+        assert cached_tta_predictor(model, views, tiles.shape[1:], "uint8") is kept
+        assert kept.experimental_get_tracing_count() == 1
+    assert cached_tta_predictor(model, (0,), (48, 48, 3)) is not cached_tta_predictor(
+        model, (0,), (96, 96, 3))
+
+    # A model dropped by its caller takes its graphs with it.
+    small = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    cached_tta_predictor(small, (0,), (8, 8, 3))(np.zeros((2, 8, 8, 3), np.uint8))
+    held = len(inference._PREDICTORS)
+    del small
+    gc.collect()
+    assert len(inference._PREDICTORS) == held - 1
 
 
 def test_orientation_invariant_model_gives_the_same_answer_for_every_view(tiles):
