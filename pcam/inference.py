@@ -369,8 +369,9 @@ def load_members(settings: PredictSettings) -> list[Member]:
         mine, theirs = run_classes(first.config), run_classes(other.config)
         if mine != theirs:
             raise PcamError(f"runs {first.run_dir} and {other.run_dir} cannot be ensembled: "
-                            f"their classes differ in label order ({', '.join(mine)} vs "
-                            f"{', '.join(theirs)}); ensemble runs trained on the same classes")
+                            f"their classes differ ({', '.join(mine)} vs {', '.join(theirs)}, "
+                            "in label order); ensemble runs trained on the same classes, "
+                            "in the same order")
     return members
 
 
@@ -461,49 +462,56 @@ def _ensemble_line(members: Sequence[Member], views, average: str) -> str:
             f"({', '.join(VIEW_NAMES[k] for k in views)}), {how}")
 
 
-def _test_stores(members: Sequence[Member], settings: PredictSettings, missing: str) -> list:
-    """Each run's test store (its own data settings, so its own tile size),
-    checked to hold the same tiles as the first run's.
+def _predict_test_sets(members: Sequence[Member], settings: PredictSettings, views,
+                       missing: str, desc: str = "fold {k} x{views}"):
+    """Every fold of every run over its run's test store, run by run.
+
+    Each run's store is built (or reused) with its own data settings, so at
+    its own tile size, just before that run predicts: two runs sharing a
+    store folder at different tile sizes rebuild it in turn, and neither
+    reads the other's tiles. The stores must hold the same tiles.
 
     Args:
         missing: the error message's end when a run's data has no test split.
+
+    Returns:
+        (for each run, its folds' predictions in the first store's tile
+        order; the first store's index; ``(path, count)`` of each store that
+        left out unreadable tiles).
     """
     from pcam.store import prepare
 
-    stores = []
+    per_run, index, bad = [], None, []
     for m in members:
         data = data_settings(m.config, settings)
         found = prepare(data, splits=("test",))
         if "test" not in found:
             raise PcamError(f"{data.data_dir} has no test {missing}")
-        stores.append(found["test"])
-        if set(stores[-1].index()["id"]) != set(stores[0].index()["id"]):
+        store = found["test"]
+        ids = store.index()["id"]
+        if index is None:
+            index, first = store.index(), store.path
+        elif len(ids) != len(index) or set(ids) != set(index["id"]):
             raise PcamError(f"runs {members[0].run_dir} and {m.run_dir} cannot be ensembled on "
-                            f"their test sets: {stores[0].path} and {stores[-1].path} hold "
-                            "different tiles; give them the same data with --data-dir")
-    return stores
-
-
-def _predict_stores(members: Sequence[Member], stores: Sequence, views, settings,
-                    desc: str = "fold {k} x{views}") -> list[list[np.ndarray]]:
-    """Every fold of every run over its run's store, in the first store's tile order."""
-    order = stores[0].index()["id"].to_numpy()
-    per_run = []
-    for m, store in zip(members, stores):
+                            f"their test sets: {first} and {store.path} hold different tiles; "
+                            "give them the same data with --data-dir")
+        if store.manifest.get("bad_tiles"):
+            bad.append((store.path, store.manifest["bad_tiles"]))
+        batch_images = _batch_images(settings, m)
+        print(f"run {m.run_dir}: {store.n_tiles:,} test tiles, {batch_images} images per "
+              "model call", flush=True)
         # Positions in this run's store of the first store's tiles, in its order.
-        position = pd.Series(np.arange(store.n_tiles),
-                             index=store.index()["id"])[order].to_numpy()
+        position = pd.Series(np.arange(store.n_tiles), index=ids)[index["id"]].to_numpy()
         prefix = f"{m.run_dir.name} " if len(members) > 1 else ""
         per_fold = []
         for k in m.folds:  # one model in memory at a time
             model = load_fold_model(m.run_dir / f"fold_{k}" / "best.keras")
-            probs = predict_store(model, store, views, _batch_images(settings, m),
-                                  m.config.augment,
+            probs = predict_store(model, store, views, batch_images, m.config.augment,
                                   desc=prefix + desc.format(k=k, views=len(views)))
             per_fold.append(probs[position])
             del model
         per_run.append(per_fold)
-    return per_run
+    return per_run, index, bad
 
 
 def predict(settings: PredictSettings) -> dict:
@@ -563,12 +571,11 @@ def predict_submission(settings: PredictSettings) -> dict:
                                        data_dir=data.data_dir, store_dir=data.store_dir)
     settings = dataclasses.replace(settings, out=str(out))
 
-    stores = _test_stores(members, settings, "images to predict; pass --images")
     sample = Path(data.data_dir) / comp.TEST_CSV
-    print(f"{_ensemble_line(members, views, settings.average)}; {stores[0].n_tiles:,} test "
-          f"tiles, {_batch_images(settings, members[0])} images per model call", flush=True)
-    per_run = _predict_stores(members, stores, views, settings)
-    frame = pd.DataFrame({"id": stores[0].index()["id"].to_numpy(),
+    print(_ensemble_line(members, views, settings.average), flush=True)
+    per_run, index, bad = _predict_test_sets(members, settings, views,
+                                             "images to predict; pass --images")
+    frame = pd.DataFrame({"id": index["id"].to_numpy(),
                           "label": combine_runs(per_run, settings.average)})
     record = {
         **_runs_record(members, settings), "tta": settings.tta,
@@ -587,11 +594,10 @@ def predict_submission(settings: PredictSettings) -> dict:
     try:
         write_submission(frame, out, sample, record)
     except PcamError as err:
-        bad = [(s, s.manifest.get("bad_tiles", 0)) for s in stores if s.manifest.get("bad_tiles")]
         if bad:  # the likely cause: tiles left out of the store with --skip-bad
-            store, n = bad[0]
+            path, n = bad[0]
             raise PcamError(f"{err} (the test store left out {n} unreadable tile(s), "
-                            f"listed in {store.path / 'bad_tiles.csv'}: a submission needs "
+                            f"listed in {path / 'bad_tiles.csv'}: a submission needs "
                             f"every test tile)") from None
         raise
     print(f"submission: {out} ({len(frame):,} rows, checked against {sample})", flush=True)
@@ -792,13 +798,13 @@ def predict_folder_test(settings: PredictSettings) -> dict:
     """Class-folder runs' test/ images (their test stores) -> CSV of class probabilities."""
     start = time.perf_counter()
     members = load_members(settings)
-    stores = _test_stores(members, settings, "folder beside train/; pass --images PATH... "
-                                             "(files or folders) or --answers DIR (labelled "
-                                             "class folders)")
     out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}.csv")
     _writable(out)
     views = TTA_VIEWS[settings.tta]
-    per_run = _predict_stores(members, stores, views, settings, desc="x{views}")
+    print(_ensemble_line(members, views, settings.average), flush=True)
+    per_run, index, _ = _predict_test_sets(
+        members, settings, views, "folder beside train/; pass --images PATH... (files or "
+        "folders) or --answers DIR (labelled class folders)", desc="x{views}")
     probs = combine_runs(per_run, settings.average)
     classes = run_classes(members[0].config)
     if len(members) == 1 or len(classes) != 2:
@@ -809,7 +815,6 @@ def predict_folder_test(settings: PredictSettings) -> dict:
         note = ""
     else:
         threshold, note = ensemble_threshold(members, settings.average)
-    index = stores[0].index()
     table = probability_table(index["id"], probs, classes, threshold)
     labelled = (index["label"] >= 0).all()
     return _write_probabilities(table, probs, index["label"].to_numpy() if labelled else None,

@@ -133,9 +133,12 @@ def test_runs_that_cannot_be_ensembled_are_refused_in_one_line(pair, tmp_path, c
         main(["--run", str(a), "--run", str(swapped), "--out", str(out)])
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1
-    assert (f"runs {a} and {swapped} cannot be ensembled: their classes differ in label order "
-            "(normal, tumour vs tumour, normal)") in err
+    assert (f"runs {a} and {swapped} cannot be ensembled: their classes differ (normal, "
+            "tumour vs tumour, normal, in label order)") in err
     assert not out.parent.exists()
+    with pytest.raises(SystemExit):  # the runs listed after one --run: the same
+        main(["--run", str(a), str(swapped), "--out", str(out)])
+    assert "their classes differ" in capsys.readouterr().err
 
     # --folds applies to every run: a fold one of them lacks is refused, naming that run.
     half = tmp_path / "half"
