@@ -139,7 +139,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             tmp_weights.unlink(missing_ok=True)
             tmp_metadata.unlink(missing_ok=True)
 
+    restored = False  # whether on_train_begin loaded a backup
+
     def on_train_begin(self, logs=None):
+        self.restored = False
         if not Path(self._weights_path).exists() and not Path(self._training_metadata_path).exists():
             return
         # A load that fails half-way may have changed some variables: keep the
@@ -163,6 +166,41 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                   file=sys.stderr, flush=True)
             if self._restart is not None:
                 self._restart(self.model)
+        else:
+            self.restored = True
+
+
+class EMASwap(keras.callbacks.SwapEMAWeights):
+    """``SwapEMAWeights(swap_on_epoch=True)`` for a phase whose backup is taken
+    after the swap.
+
+    The swap leaves the averaged weights in the model, and the raw weights in
+    the optimizer's average slots, from the end of an epoch to the start of
+    the next; the backup (last in the callback list, after the checkpoint
+    and the log) saves them so. A phase resumed from that backup starts with
+    them still exchanged, while a new ``SwapEMAWeights`` believes the raw
+    weights are in the model: it would train on from the averages and
+    average the raw weights. Told that the backup was restored, this one
+    swaps them back before the first epoch.
+
+    Args:
+        backup: the phase's ``AtomicBackupAndRestore``.
+    """
+
+    def __init__(self, backup: AtomicBackupAndRestore):
+        super().__init__(swap_on_epoch=True)
+        self._backup = backup
+
+    def on_train_begin(self, logs=None):
+        self._ema_weights_in_model = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # The backup's on_train_begin has run by now (every callback's does
+        # before the first epoch), whatever the list order.
+        if self._backup.restored:
+            self._backup.restored = False
+            self._ema_weights_in_model = True
+        super().on_epoch_begin(epoch, logs)
 
 
 def set_aside(folder: Path) -> Path:

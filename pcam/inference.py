@@ -43,8 +43,9 @@ from pcam import competition as comp
 from pcam import metrics
 from pcam.errors import PcamError
 from pcam.io import atomic_path, atomic_write_text
-from pcam.runs import (finished_folds, load_fold_model, load_model_with_info,  # noqa: F401
-                       load_run, prob_columns, resolve_folds, run_classes)
+from pcam.runs import (ModelInfo, finished_folds, info_path,  # noqa: F401
+                       load_fold_model, load_model_with_info, load_run, prob_columns,
+                       read_oof, resolve_folds, run_classes)
 from pcam.settings import (AugmentSettings, DataSettings, PredictSettings, RunSettings,
                            to_dict)
 
@@ -217,6 +218,22 @@ def combine(per_fold: Sequence[np.ndarray], average: str = "mean") -> np.ndarray
     return stacked.mean(axis=0)
 
 
+def combine_runs(per_run: Sequence[Sequence[np.ndarray]], average: str = "mean") -> np.ndarray:
+    """One prediction per tile from several runs' folds: each run's folds
+    combined as that run alone combines them, then the runs, each counting
+    equally (a 5-fold run does not outweigh a 2-fold one).
+
+    One run gives exactly its own prediction (``combine`` of its folds).
+    With ``average="rank"`` the runs' rank-mean scores are ranked again and
+    averaged: mean of ranks at both levels.
+
+    Args:
+        per_run: for each run, its folds' predictions, all in the same tile order.
+    """
+    runs = [combine(folds, average) for folds in per_run]
+    return runs[0] if len(runs) == 1 else combine(runs, average)
+
+
 # --- the submission ----------------------------------------------------------------
 
 def _first(items, show=SHOW) -> str:
@@ -370,80 +387,254 @@ def data_settings(config: RunSettings, settings) -> DataSettings:
     return data
 
 
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One run of an ensemble: its folder, the settings it was trained with,
+    and the folds of it that predict."""
+
+    run_dir: Path
+    config: RunSettings
+    folds: tuple[int, ...]
+
+
+def load_members(settings: PredictSettings) -> list[Member]:
+    """The runs of ``settings.run`` with their folds (``settings.folds``, the
+    same for every run, or each run's finished folds), checked to be usable
+    together: the same classes in the same label order.
+
+    Raises:
+        PcamError: no run given; a run, or a fold asked for, is missing or
+            unfinished; two runs' classes differ (both runs named).
+    """
+    if not settings.run:
+        raise PcamError("no --run given: name the run folder(s) to predict with, such as "
+                        "--run runs/NAME (several: --run runs/A --run runs/B)")
+    members = []
+    for run in settings.run:
+        run_dir, config = load_run(run)
+        members.append(Member(run_dir, config, tuple(resolve_folds(run_dir, config,
+                                                                   settings.folds))))
+    first = members[0]
+    for other in members[1:]:
+        mine, theirs = run_classes(first.config), run_classes(other.config)
+        if mine != theirs:
+            raise PcamError(f"runs {first.run_dir} and {other.run_dir} cannot be ensembled: "
+                            f"their classes differ ({', '.join(mine)} vs {', '.join(theirs)}, "
+                            "in label order); ensemble runs trained on the same classes, "
+                            "in the same order")
+    return members
+
+
+def ensemble_name(members: Sequence[Member]) -> str:
+    """The default output name: the run's name, or the runs' names joined by
+    "+" (the first's and a count when that would pass 80 characters)."""
+    names = [m.run_dir.resolve().name for m in members]
+    joined = "+".join(names)
+    return joined if len(joined) <= 80 else f"{names[0]}+{len(names) - 1}-more"
+
+
+def _read_folds(run_dir: Path) -> pd.DataFrame | None:
+    path = Path(run_dir) / "folds.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, dtype={"id": str})[["id", "label", "fold"]]
+    return table.sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def ensemble_threshold(members: Sequence[Member], average: str = "mean") -> tuple[float, str]:
+    """The two-class decision threshold of several runs ensembled, and why
+    it is 0.5 when it cannot be chosen ("" when it was).
+
+    A run's threshold is chosen on its pooled out-of-fold predictions
+    (Youden's J, ``pcam.training.summarise``). The ensemble's is chosen the
+    same way on the runs' out-of-fold predictions combined tile by tile
+    (``average``, as the test predictions are) -- which are out-of-fold for
+    the ensemble only when every run held out the same tiles in the same
+    fold. So: runs with identical folds.csv (ids, labels, folds) and every
+    fold finished get the threshold of their combined OOF predictions;
+    otherwise the threshold is 0.5 and the note says why. The probabilities
+    themselves do not depend on it: only the ``predicted`` column does.
+    """
+    for m in members:
+        done = finished_folds(m.run_dir, m.config.folds.folds)
+        if len(done) < m.config.folds.folds:
+            return 0.5, (f"threshold 0.5: run {m.run_dir} has {len(done)} of "
+                         f"{m.config.folds.folds} folds finished, so the ensemble has no "
+                         "complete out-of-fold predictions to choose it on")
+    tables = [_read_folds(m.run_dir) for m in members]
+    for m, table in zip(members[1:], tables[1:]):
+        if tables[0] is None or table is None or not table.equals(tables[0]):
+            return 0.5, (f"threshold 0.5: runs {members[0].run_dir} and {m.run_dir} were "
+                         "trained on different folds (their folds.csv differ), so no "
+                         "out-of-fold prediction of the ensemble exists to choose it on; "
+                         "train the runs with the same --folds, --seed and data for one")
+    ids = tables[0]["id"]
+    probs = [read_oof(m.run_dir, range(m.config.folds.folds)).set_index("id")
+             .loc[ids, "prob"].to_numpy(np.float64) for m in members]
+    return metrics.choose_threshold(tables[0]["label"].to_numpy(), combine(probs, average)), ""
+
+
+def _batch_images(settings: PredictSettings, member: Member) -> int:
+    return settings.batch_size or 2 * member.config.inputs.batch_size
+
+
+def _model_files(members: Sequence[Member]) -> list[dict]:
+    """Every model of the ensemble: its run, fold, backbone and file."""
+    files = []
+    for m in members:
+        for k in m.folds:
+            path = m.run_dir / f"fold_{k}" / "best.keras"
+            stat = path.stat()
+            files.append({"run": str(m.run_dir), "fold": k, "backbone": m.config.model.backbone,
+                          "path": str(path), "bytes": stat.st_size,
+                          "modified": _iso(stat.st_mtime)})
+    return files
+
+
+def _runs_record(members: Sequence[Member], settings: PredictSettings) -> dict:
+    """What the record says of the runs: each run (folds, backbone, config);
+    with one run, also ``run``, ``folds`` and ``run_config`` as before, which
+    ``scripts/evaluate.py --submission`` reads to find the run's OOF predictions."""
+    record = {"runs": [{"run": str(m.run_dir), "folds": list(m.folds),
+                        "backbone": m.config.model.backbone,
+                        "batch_images": _batch_images(settings, m),
+                        "config": to_dict(m.config)} for m in members]}
+    if len(members) == 1:
+        record.update(run=str(members[0].run_dir), folds=list(members[0].folds),
+                      run_config=to_dict(members[0].config))
+    return record
+
+
+def _ensemble_line(members: Sequence[Member], views, average: str) -> str:
+    runs = "; ".join(f"{m.run_dir} fold(s) {', '.join(map(str, m.folds))}" for m in members)
+    how = f"{average} over folds" + (", then over runs" if len(members) > 1 else "")
+    return (f"run {runs} x {len(views)} TTA view(s) "
+            f"({', '.join(VIEW_NAMES[k] for k in views)}), {how}")
+
+
+def _predict_test_sets(members: Sequence[Member], settings: PredictSettings, views,
+                       missing: str, desc: str = "fold {k} x{views}"):
+    """Every fold of every run over its run's test store, run by run.
+
+    Each run's store is built (or reused) with its own data settings, so at
+    its own tile size, just before that run predicts: two runs sharing a
+    store folder at different tile sizes rebuild it in turn, and neither
+    reads the other's tiles. The stores must hold the same tiles.
+
+    Args:
+        missing: the error message's end when a run's data has no test split.
+
+    Returns:
+        (for each run, its folds' predictions in the first store's tile
+        order; the first store's index; ``(path, count)`` of each store that
+        left out unreadable tiles).
+    """
+    from pcam.store import prepare
+
+    per_run, index, bad = [], None, []
+    for m in members:
+        data = data_settings(m.config, settings)
+        found = prepare(data, splits=("test",))
+        if "test" not in found:
+            raise PcamError(f"{data.data_dir} has no test {missing}")
+        store = found["test"]
+        ids = store.index()["id"]
+        if index is None:
+            index, first = store.index(), store.path
+        elif len(ids) != len(index) or set(ids) != set(index["id"]):
+            raise PcamError(f"runs {members[0].run_dir} and {m.run_dir} cannot be ensembled on "
+                            f"their test sets: {first} and {store.path} hold different tiles; "
+                            "give them the same data with --data-dir")
+        if store.manifest.get("bad_tiles"):
+            bad.append((store.path, store.manifest["bad_tiles"]))
+        batch_images = _batch_images(settings, m)
+        print(f"run {m.run_dir}: {store.n_tiles:,} test tiles, {batch_images} images per "
+              "model call", flush=True)
+        # Positions in this run's store of the first store's tiles, in its order.
+        position = pd.Series(np.arange(store.n_tiles), index=ids)[index["id"]].to_numpy()
+        prefix = f"{m.run_dir.name} " if len(members) > 1 else ""
+        per_fold = []
+        for k in m.folds:  # one model in memory at a time
+            model = load_fold_model(m.run_dir / f"fold_{k}" / "best.keras")
+            probs = predict_store(model, store, views, batch_images, m.config.augment,
+                                  desc=prefix + desc.format(k=k, views=len(views)))
+            per_fold.append(probs[position])
+            del model
+        per_run.append(per_fold)
+    return per_run, index, bad
+
+
 def predict(settings: PredictSettings) -> dict:
-    """Predict with a run's folds x TTA views: loose images (``settings.images``,
-    or a labelled class-folder ``answers`` folder) into a CSV of class
-    probabilities; a class-folder run's test/ folder likewise; a Kaggle run's
-    test set into a checked submission (``predict_submission``).
+    """Predict with one or more runs' folds x TTA views: loose images
+    (``settings.images``, or a labelled class-folder ``answers`` folder) into
+    a CSV of class probabilities; class-folder runs' test/ folder likewise;
+    Kaggle runs' test set into a checked submission (``predict_submission``).
+
+    Several runs are one ensemble (``combine_runs``): their classes must be
+    the same, in the same order; for their test set, their data must be of
+    the same kind and hold the same test tiles.
 
     Returns:
         The record written beside the output CSV.
     """
-    run_dir, config = load_run(settings.run)
+    members = load_members(settings)
     answers_dir = bool(settings.answers) and Path(settings.answers).is_dir()
     if settings.images or answers_dir:
         return predict_images(settings)
-    if config.data.source == "folders":
+    for m in members[1:]:
+        if m.config.data.source != members[0].config.data.source:
+            raise PcamError(f"runs {members[0].run_dir} ({members[0].config.data.source}) and "
+                            f"{m.run_dir} ({m.config.data.source}) have different kinds of "
+                            "test set; ensemble them on images with --images PATH...")
+    if members[0].config.data.source == "folders":
         return predict_folder_test(settings)
     return predict_submission(settings)
 
 
 def predict_submission(settings: PredictSettings) -> dict:
-    """Predict the test set with a run's folds x TTA views and write the submission.
+    """Predict the test set with the runs' folds x TTA views and write the submission.
 
-    Steps: the run and its finished folds; the test tile store (built or
-    reused, in sample_submission's order); for each fold, its best model over
-    the store with TTA; the folds combined; the submission checked and
-    written with its record (``NAME.json``); with ``answers``, the AUC printed.
+    Steps: the runs and their finished folds; each run's test tile store
+    (built or reused, in sample_submission's order); for each fold, its best
+    model over the store with TTA; the folds combined, then the runs
+    (``combine_runs``); the submission checked and written with its record
+    (``NAME.json``); with ``answers``, the AUC printed.
 
     Returns:
-        The record written beside the submission (settings, folds, views,
-        model files, time, the run's config, and the AUC when scored).
+        The record written beside the submission (settings, runs and their
+        folds, views, every model file, time, the runs' configs, and the AUC
+        when scored).
     """
     start = time.perf_counter()
-    run_dir, config = load_run(settings.run)
-    folds = resolve_folds(run_dir, config, settings.folds)
+    members = load_members(settings)
     views = TTA_VIEWS[settings.tta]
-    data = data_settings(config, settings)
-    out = Path(settings.out or Path("submissions") / f"{run_dir.resolve().name}.csv")
+    data = data_settings(members[0].config, settings)
+    out = Path(settings.out or Path("submissions") / f"{ensemble_name(members)}.csv")
     answers = read_answers(Path(settings.answers)) if settings.answers else None  # fail fast
     try:  # fail fast, too: before minutes of prediction, not after
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PcamError(f"cannot write {out}: {err.strerror}; choose another --out") from None
-    batch_images = settings.batch_size or 2 * config.inputs.batch_size
-    settings = dataclasses.replace(settings, folds=tuple(folds), batch_size=batch_images,
-                                   out=str(out), data_dir=data.data_dir, store_dir=data.store_dir)
+    if len(members) == 1:  # the resolved settings, as one run's record always had them
+        settings = dataclasses.replace(settings, folds=members[0].folds,
+                                       batch_size=_batch_images(settings, members[0]),
+                                       data_dir=data.data_dir, store_dir=data.store_dir)
+    settings = dataclasses.replace(settings, out=str(out))
 
-    from pcam.store import prepare
-
-    stores = prepare(data, splits=("test",))
-    if "test" not in stores:
-        raise PcamError(f"{data.data_dir} has no test images to predict; pass --images")
-    store = stores["test"]
     sample = Path(data.data_dir) / comp.TEST_CSV
-    print(f"run {run_dir}: fold(s) {', '.join(map(str, folds))} x {len(views)} TTA view(s) "
-          f"({', '.join(VIEW_NAMES[k] for k in views)}), {settings.average} over folds; "
-          f"{store.n_tiles:,} test tiles, {batch_images} images per model call", flush=True)
-    per_fold, model_files = [], []
-    for k in folds:
-        path = run_dir / f"fold_{k}" / "best.keras"
-        model = load_fold_model(path)
-        per_fold.append(predict_store(model, store, views, batch_images, config.augment,
-                                      desc=f"fold {k} x{len(views)}"))
-        stat = path.stat()
-        model_files.append({"fold": k, "path": str(path), "bytes": stat.st_size,
-                            "modified": _iso(stat.st_mtime)})
-        del model
-
-    frame = pd.DataFrame({"id": store.index()["id"].to_numpy(), "label": combine(per_fold, settings.average)})
+    print(_ensemble_line(members, views, settings.average), flush=True)
+    per_run, index, bad = _predict_test_sets(members, settings, views,
+                                             "images to predict; pass --images")
+    frame = pd.DataFrame({"id": index["id"].to_numpy(),
+                          "label": combine_runs(per_run, settings.average)})
     record = {
-        "run": str(run_dir), "folds": folds, "tta": settings.tta,
+        **_runs_record(members, settings), "tta": settings.tta,
         "views": [VIEW_NAMES[k] for k in views], "average": settings.average,
-        "batch_images": batch_images, "tiles": len(frame), "model_files": model_files,
+        "batch_images": _batch_images(settings, members[0]), "tiles": len(frame),
+        "model_files": _model_files(members),
         "sample_submission": str(sample), "written": _iso(time.time()),
         "seconds": round(time.perf_counter() - start, 1),
-        "settings": to_dict(settings), "data": to_dict(data), "run_config": to_dict(config),
+        "settings": to_dict(settings), "data": to_dict(data),
     }
     scored = None
     if answers is not None:
@@ -453,10 +644,10 @@ def predict_submission(settings: PredictSettings) -> dict:
     try:
         write_submission(frame, out, sample, record)
     except PcamError as err:
-        bad = store.manifest.get("bad_tiles", 0)
         if bad:  # the likely cause: tiles left out of the store with --skip-bad
-            raise PcamError(f"{err} (the test store left out {bad} unreadable tile(s), "
-                            f"listed in {store.path / 'bad_tiles.csv'}: a submission needs "
+            path, n = bad[0]
+            raise PcamError(f"{err} (the test store left out {n} unreadable tile(s), "
+                            f"listed in {path / 'bad_tiles.csv'}: a submission needs "
                             f"every test tile)") from None
         raise
     print(f"submission: {out} ({len(frame):,} rows, checked against {sample})", flush=True)
@@ -600,15 +791,19 @@ def labelled_images(folder: Path, classes: Sequence[str]) -> tuple[list[Path], l
 
 
 def predict_images(settings: PredictSettings) -> dict:
-    """Class probabilities of loose images (files or folders, any size) by a
-    run's folds x TTA; a CSV (``path``, ``predicted``, one column per class)
-    and its record beside it; with a labelled ``answers`` folder, the report."""
+    """Class probabilities of loose images (files or folders, any size) by
+    one or more runs' folds x TTA; a CSV (``path``, ``predicted``, one column
+    per class) and its record beside it; with a labelled ``answers`` folder,
+    the report.
+
+    Each run makes the images into tiles of its own tile size, as its store
+    made them, so runs trained at different tile sizes ensemble too.
+    """
     from pcam.images import decode_image
 
     start = time.perf_counter()
-    run_dir, config = load_run(settings.run)
-    folds = resolve_folds(run_dir, config, settings.folds)
-    classes = run_classes(config)
+    members = load_members(settings)
+    classes = run_classes(members[0].config)
     labels = None
     if settings.answers:
         if settings.images:
@@ -617,7 +812,7 @@ def predict_images(settings: PredictSettings) -> dict:
         paths, labels = labelled_images(Path(settings.answers), classes)
     else:
         paths = list_images(settings.images)
-    out = Path(settings.out or Path("predictions") / f"{run_dir.resolve().name}.csv")
+    out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}.csv")
     _writable(out)
     decoded, bad = [], []
     for path in paths:
@@ -626,48 +821,54 @@ def predict_images(settings: PredictSettings) -> dict:
     if bad:
         raise PcamError(f"{len(bad)} image(s) cannot be used: {'; '.join(bad[:SHOW])}"
                         f"{' ...' if len(bad) > SHOW else ''}; remove them or leave them out")
-    ensemble = load_ensemble(run_dir, folds)
-    info = ensemble[0][1]
     views = TTA_VIEWS[settings.tta]
-    batch_images = settings.batch_size or 2 * config.inputs.batch_size
-    print(f"run {run_dir}: fold(s) {', '.join(map(str, folds))} x {len(views)} TTA view(s); "
-          f"{len(paths):,} image(s) as {info.tile_size}x{info.tile_size} tiles", flush=True)
-    probs = predict_tiles(ensemble, as_tiles(decoded, info.tile_size), views, config.augment,
-                          batch_images, settings.average)
-    table = probability_table(paths, probs, classes, info.threshold)
-    return _write_probabilities(table, probs, labels, out, settings, run_dir, config, folds,
-                                info.threshold, start)
+    per_run, threshold = [], 0.5
+    print(f"{_ensemble_line(members, views, settings.average)}; {len(paths):,} image(s)",
+          flush=True)
+    for m in members:
+        ensemble = load_ensemble(m.run_dir, m.folds)
+        info = ensemble[0][1]
+        threshold = info.threshold
+        print(f"run {m.run_dir}: the images as {info.tile_size}x{info.tile_size} tiles",
+              flush=True)
+        per_run.append(predict_tiles(ensemble, as_tiles(decoded, info.tile_size), views,
+                                     m.config.augment, _batch_images(settings, m),
+                                     settings.average))
+        del ensemble
+    # predict_tiles combined each run's folds; the runs are combined as combine_runs does.
+    probs = per_run[0] if len(per_run) == 1 else combine(per_run, settings.average)
+    threshold, note = ((threshold, "") if len(members) == 1 or len(classes) != 2
+                       else ensemble_threshold(members, settings.average))
+    table = probability_table(paths, probs, classes, threshold)
+    return _write_probabilities(table, probs, labels, out, settings, members, threshold,
+                                note, start)
 
 
 def predict_folder_test(settings: PredictSettings) -> dict:
-    """A class-folder run's test/ images (its test store) -> CSV of class probabilities."""
-    from pcam.store import prepare
-
+    """Class-folder runs' test/ images (their test stores) -> CSV of class probabilities."""
     start = time.perf_counter()
-    run_dir, config = load_run(settings.run)
-    folds = resolve_folds(run_dir, config, settings.folds)
-    data = data_settings(config, settings)
-    stores = prepare(data, splits=("test",))
-    if "test" not in stores:
-        raise PcamError(f"{data.data_dir} has no test/ folder beside train/; pass --images "
-                        "PATH... (files or folders) or --answers DIR (labelled class folders)")
-    store = stores["test"]
-    out = Path(settings.out or Path("predictions") / f"{run_dir.resolve().name}.csv")
+    members = load_members(settings)
+    out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}.csv")
     _writable(out)
     views = TTA_VIEWS[settings.tta]
-    batch_images = settings.batch_size or 2 * config.inputs.batch_size
-    per_fold, threshold = [], 0.5
-    for model, info in load_ensemble(run_dir, folds):
-        per_fold.append(predict_store(model, store, views, batch_images, config.augment,
-                                      desc=f"x{len(views)}"))
-        threshold = info.threshold
-    probs = combine(per_fold, settings.average)
-    index = store.index()
-    classes = run_classes(config)
+    print(_ensemble_line(members, views, settings.average), flush=True)
+    per_run, index, _ = _predict_test_sets(
+        members, settings, views, "folder beside train/; pass --images PATH... (files or "
+        "folders) or --answers DIR (labelled class folders)", desc="x{views}")
+    probs = combine_runs(per_run, settings.average)
+    classes = run_classes(members[0].config)
+    if len(members) == 1 or len(classes) != 2:
+        # One run's own threshold, in every fold's model.json (0.5 for a model without one).
+        model = members[0].run_dir / f"fold_{members[0].folds[-1]}" / "best.keras"
+        threshold = (ModelInfo.from_json(info_path(model)).threshold
+                     if info_path(model).is_file() else 0.5)
+        note = ""
+    else:
+        threshold, note = ensemble_threshold(members, settings.average)
     table = probability_table(index["id"], probs, classes, threshold)
     labelled = (index["label"] >= 0).all()
     return _write_probabilities(table, probs, index["label"].to_numpy() if labelled else None,
-                                out, settings, run_dir, config, folds, threshold, start)
+                                out, settings, members, threshold, note, start)
 
 
 def _writable(out: Path) -> None:
@@ -677,14 +878,19 @@ def _writable(out: Path) -> None:
         raise PcamError(f"cannot write {out}: {err.strerror}; choose another --out") from None
 
 
-def _write_probabilities(table, probs, labels, out, settings, run_dir, config, folds,
-                         threshold, start) -> dict:
-    classes = run_classes(config)
-    record = {"run": str(run_dir), "folds": list(folds), "tta": settings.tta,
+def _write_probabilities(table, probs, labels, out, settings, members, threshold, note,
+                         start) -> dict:
+    classes = run_classes(members[0].config)
+    binary = len(classes) == 2
+    record = {**_runs_record(members, settings), "tta": settings.tta,
               "average": settings.average, "images": len(table), "classes": list(classes),
-              "threshold": threshold if len(classes) == 2 else None,
+              "threshold": threshold if binary else None,
+              "threshold_note": note if binary else "",
+              "model_files": _model_files(members),
               "written": _iso(time.time()), "seconds": round(time.perf_counter() - start, 1),
-              "settings": to_dict(settings), "run_config": to_dict(config)}
+              "settings": to_dict(settings)}
+    if note and binary:
+        print(f"note: {note}", flush=True)
     if labels is not None:
         table.insert(2, "label", [classes[k] for k in labels])
     try:
@@ -699,10 +905,11 @@ def _write_probabilities(table, probs, labels, out, settings, run_dir, config, f
         from pcam.evaluate import report_predictions
         from pcam.settings import EvaluateSettings
 
+        answers = settings.answers or members[0].config.data.data_dir
         frame = pd.DataFrame({"id": table["path"], "label": np.asarray(labels)})
         frame[prob_columns(classes)] = np.asarray(probs).reshape(len(frame), -1)
         report = out.with_name(out.stem + "-report")
         record["report"] = report_predictions(
-            frame, classes, report, f"{Path(settings.answers or config.data.data_dir).name}: "
-            f"labelled test images", EvaluateSettings(), threshold=threshold)
+            frame, classes, report, f"{Path(answers).name}: labelled test images",
+            EvaluateSettings(), threshold=threshold)
     return record

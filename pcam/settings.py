@@ -275,13 +275,19 @@ class TrainSettings:
                             "(with the cosine schedule, counted in the phase's second half)")
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing (e.g. 0.05)")
     tensorboard: bool = _opt(False, "write TensorBoard logs in the fold's folder")
+    ema: bool = _opt(False, "keep an exponential moving average of the weights (Keras' "
+                            "use_ema): validation, the best-epoch choice and best.keras use "
+                            "the averaged weights")
+    ema_momentum: float = _opt(0.99, "with --ema, the average's momentum per training step "
+                                     "(0.99: the last ~100 steps weigh most)")
 
     def __post_init__(self):
         from pcam.errors import PcamError
 
         _check(self, epochs_frozen=_at_least(0), epochs_finetune=_at_least(0),
                lr_frozen=_positive_number(), lr_finetune=_positive_number(),
-               unfreeze=_at_least(0), patience=_at_least(0), label_smoothing=_fraction())
+               unfreeze=_at_least(0), patience=_at_least(0), label_smoothing=_fraction(),
+               ema_momentum=_fraction())
         if self.epochs_frozen + self.epochs_finetune == 0:
             # Nothing would be trained, and the folds would be marked finished.
             raise PcamError("--epochs-frozen 0 --epochs-finetune 0: nothing to train; give "
@@ -338,15 +344,18 @@ class PredictSettings:
     Every finished fold, all 8 dihedral views, probabilities averaged.
     """
 
-    run: str = _opt("", "the run folder to predict with, as scripts/train.py wrote it "
-                        "(runs/NAME)")
-    folds: tuple = _opt((), "fold numbers to ensemble; empty: every finished fold")
+    run: tuple = _opt((), "the run folder(s) to predict with, as scripts/train.py wrote them "
+                          "(runs/NAME); several runs (--run A --run B, or --run A B) are "
+                          "ensembled: each run's folds are combined, then the runs, each "
+                          "run counting equally")
+    folds: tuple = _opt((), "fold numbers to ensemble, the same for every run; empty: every "
+                            "finished fold")
     tta: int = _opt(8, "test-time augmentation: dihedral views per tile (1: none; 2: + a "
                        "left-right flip; 4: + the up-down flip and the 180-degree rotation; "
                        "8: all flips and rotations)", choices=(1, 2, 4, 8))
-    average: str = _opt("mean", "how fold predictions are combined: mean of probabilities, "
-                                "or rank (mean of per-fold rank-normalised predictions; "
-                                "fine for AUC)", choices=("mean", "rank"))
+    average: str = _opt("mean", "how the folds' (and the runs') predictions are combined: "
+                                "mean of probabilities, or rank (mean of rank-normalised "
+                                "predictions; fine for AUC)", choices=("mean", "rank"))
     batch_size: int = _opt(0, "images per model call, tiles x TTA views (0: twice the run's "
                               "training batch; prediction keeps no activations for "
                               "gradients, so that fits wherever training fitted)")
@@ -363,9 +372,20 @@ class PredictSettings:
                              "of path, predicted class and one probability per class")
 
     def __post_init__(self):
+        from pcam.errors import PcamError
+
+        if isinstance(self.run, (str, Path)):  # one run, as Python callers name it
+            object.__setattr__(self, "run", (str(self.run),) if str(self.run) else ())
+        object.__setattr__(self, "run", tuple(str(r) for r in self.run))
         _check(self, batch_size=_at_least(0),
                folds=(lambda v: all(isinstance(k, int) and k >= 0 for k in v),
-                      "fold numbers, 0 or more"))
+                      "fold numbers, 0 or more"),
+               run=(lambda v: all(v), "run folders, none empty"))
+        # The same run twice would silently count double in the mean.
+        seen = [Path(r).resolve() for r in self.run]
+        twice = sorted({r for r, p in zip(self.run, seen) if seen.count(p) > 1})
+        if twice:
+            raise PcamError(f"--run {twice[0]} is given more than once; name each run once")
 
 
 @dataclass(frozen=True)

@@ -400,7 +400,8 @@ def _compile(model, phase: Phase, settings: RunSettings, steps: int, num_classes
     if phase.trainable is not False and settings.train.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=steps * phase.epochs)
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=keras.optimizers.Adam(lr, use_ema=settings.train.ema,
+                                        ema_momentum=settings.train.ema_momentum),
         loss=task.loss(num_classes, settings.train.label_smoothing),
         metrics=task.metrics(num_classes),
         jit_compile=settings.device.jit,
@@ -426,10 +427,17 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
                backup: bool = True) -> list:
     """The phase's callbacks. ``backup=False`` (multi-worker runs): no
     BackupAndRestore, whose backups would live in each worker's own scratch
-    folder and restore different epochs; a killed fold then restarts."""
-    callbacks = [
-        # First: it adds the epoch's seconds to the logs the CSV logger below
-        # writes (a comparison reports training time per epoch from them).
+    folder and restore different epochs; a killed fold then restarts.
+
+    With ``train.ema`` the averaged weights are swapped into the model at the
+    end of every epoch (``checkpoints.EMASwap``), before the checkpoint saves
+    them; validation, which picks the best epoch, swaps them in too. Keras
+    calls ``on_epoch_end`` in list order, so the swap comes first.
+    """
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.ema else []
+    callbacks += [
+        # Before the CSV logger: it adds the epoch's seconds to the logs the
+        # logger writes (a comparison reports training time per epoch from them).
         EpochSeconds(fold_dir / f"history_{phase.name}.csv"),
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
@@ -457,6 +465,8 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
 
         callbacks.append(checkpoints.AtomicBackupAndRestore(fold_dir / f"backup_{phase.name}",
                                                             restart=restart))
+        if train.ema:  # the backup, taken last, holds the averaged weights in the model
+            callbacks[0] = checkpoints.EMASwap(callbacks[-1])
     if phase.trainable is not False and train.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=task.MONITOR, mode="max",
                                                            factor=0.5, patience=1))

@@ -5,10 +5,12 @@
     python scripts/predict.py --run runs/NAME --answers answers.csv   # also print the local AUC
     python scripts/predict.py --run runs/NAME --images slide_tiles/ x.png   # any images -> CSV
     python scripts/predict.py --run runs/NAME --answers labelled_test/     # class folders -> report
+    python scripts/predict.py --run runs/A --run runs/B --average rank   # an ensemble of runs
 
 Each fold's best model predicts every test tile under the chosen dihedral
 views (one model call per batch holds all of the batch's views); views are
-averaged, then folds. The submission (id,label in sample_submission.csv's
+averaged, then folds, then runs (several --run: each run counts equally,
+whatever its number of folds). The submission (id,label in sample_submission.csv's
 order) is checked against sample_submission.csv before it is written, and the
 resolved settings go beside it: submissions/NAME.csv and submissions/NAME.json.
 Submit it with scripts/submit.py, or the kaggle command it prints.
@@ -37,7 +39,11 @@ def parse_folds(text: str) -> tuple[int, ...]:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_settings(parser, PredictSettings, "prediction", skip=("folds", "images"))
+    add_settings(parser, PredictSettings, "prediction", skip=("run", "folds", "images"))
+    # Repeated (--run A --run B) or listed (--run A B), as --images lists its paths;
+    # no commas: a folder name may hold one.
+    parser.add_argument("--run", action="extend", nargs="+", default=[], metavar="RUN",
+                        help=PredictSettings.__dataclass_fields__["run"].metadata["help"])
     parser.add_argument("--images", nargs="+", default=(), metavar="PATH",
                         help=PredictSettings.__dataclass_fields__["images"].metadata["help"])
     parser.add_argument("--folds", type=parse_folds, default=PredictSettings().folds,
@@ -47,7 +53,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.run:
         parser.error("--run is required: the run folder to predict with, such as runs/NAME")
-    settings = settings_from_args(PredictSettings, args, images=tuple(args.images))
+    settings = settings_from_args(PredictSettings, args, run=tuple(args.run),
+                                  images=tuple(args.images))
 
     from pcam.inference import predict  # after parsing: --help answers without TensorFlow
 
