@@ -127,6 +127,7 @@ def test_the_kept_predictor_gives_the_same_numbers_and_is_traced_once(run, tiles
     """The app predicts one upload at a time: each model keeps one graph per
     (views, image shape, dtype), traced once for every batch size."""
     import gc
+    import weakref
 
     import keras
 
@@ -151,10 +152,13 @@ def test_the_kept_predictor_gives_the_same_numbers_and_is_traced_once(run, tiles
     small = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(1, activation="sigmoid")])
     cached_tta_predictor(small, (0,), (8, 8, 3))(np.zeros((2, 8, 8, 3), np.uint8))
-    held = len(inference._PREDICTORS)
+    assert small in inference._PREDICTORS
+    alive = weakref.ref(small)
     del small
     gc.collect()
-    assert len(inference._PREDICTORS) == held - 1
+    # Freed, so its entry is gone (counting the cache's entries would also count
+    # models of earlier tests that this collection frees).
+    assert alive() is None
 
 
 def test_orientation_invariant_model_gives_the_same_answer_for_every_view(tiles):
