@@ -27,6 +27,10 @@ browser; the same tile again, cached):
     echo page    0.20 / 0.20   CPU 0.23 / 0.24
     (issue 14 as first merged: simple-cnn 1.61-1.88, resnet50 3.65-4.06)
 
+On the same CPU with nothing else running (load average 1.4), one run:
+simple-cnn 1.050 (min 0.945, max 1.199; CPU 1.45; again 0.929), resnet50
+2.532 (CPU 3.44; again 0.929), echo page 0.210.
+
 Inside the app, per upload (before -> now), simple-cnn: predict 0.22-0.30
 -> 0.003-0.006 (a graph per model instead of one traced per upload),
 Grad-CAM 0.025-0.055 -> 0.004 (traced), its picture 0.34-0.36 -> 0.012-0.016
