@@ -266,3 +266,47 @@ def test_compare_settings_refuse_what_no_comparison_can_use(values, message):
 
     with pytest.raises(PcamError, match=message):
         CompareSettings(**values)
+
+
+def test_a_killed_comparison_resumes(tmp_path, capsys):
+    """scripts/compare.py killed (SIGKILL) while its second backbone trains: run
+    again, the finished backbone is skipped untouched and the second completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pcam.commands.compare import main
+    from tests.test_folders import REPO
+
+    data = subset(need("oral-oscc"), tmp_path / "data", 8)
+    args = [str(a) for a in compare_args(data, tmp_path, "simple-cnn,coatnet-0", "--fold", 0,
+                                         "--bootstrap", 200)]
+    cmp = tmp_path / "runs" / "cmp"
+    first = cmp / "simple-cnn" / "fold_0" / "metrics.json"
+    second = cmp / "coatnet-0" / "config.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, str(REPO / "scripts" / "compare.py"), *args],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (first.is_file() and second.is_file()) and child.poll() is None:
+            assert time.monotonic() < deadline, "the comparison never reached its 2nd backbone"
+            time.sleep(0.2)
+        assert child.poll() is None, "the comparison ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait(60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert not (cmp / "coatnet-0" / "fold_0" / "metrics.json").is_file()
+    assert not (cmp / "report" / "index.html").is_file()
+    stamp = (cmp / "simple-cnn" / "fold_0" / "best.keras").stat().st_mtime_ns
+
+    code, out, _ = cli(main, *args, capsys=capsys)
+    assert code == 0
+    assert "simple-cnn: finished earlier, skipped" in out
+    assert (cmp / "simple-cnn" / "fold_0" / "best.keras").stat().st_mtime_ns == stamp
+    table = pd.read_csv(cmp / "report" / "comparison.csv")
+    assert sorted(table["backbone"]) == ["coatnet-0", "simple-cnn"]
