@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import pandas as pd
 
 from pcam import figures, metrics, report
 from pcam.errors import PcamError
-from pcam.io import atomic_write_text
+from pcam.io import atomic_write_json, atomic_write_text
 from pcam.runs import (finished_folds, load_fold_model, load_run, probabilities, read_history,
                        read_oof, run_classes)
 from pcam.settings import CompareSettings, RunSettings, to_dict
@@ -195,7 +194,7 @@ def compare_report(compare_dir: Path, *, bootstrap: int = 1000, speed_tiles: int
     images = _figures(entries, record, out)
     table = pd.DataFrame(record["rows"])
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
-    atomic_write_text(out / "comparison.json", json.dumps(_plain(record), indent=2) + "\n")
+    atomic_write_json(out / "comparison.json", record)
     atomic_write_text(out / "index.html", report.compare_page(record, images))
     for note in record["notes"]:
         print(f"note: {note}", flush=True)
@@ -478,12 +477,3 @@ def _figures(entries: list[Entry], record: dict, out: Path) -> list[report.Figur
     ]
     return shown
 
-
-def _plain(value):
-    """``value`` with NaN as null (JSON has no NaN) and numpy scalars as numbers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    value = value.item() if hasattr(value, "item") else value
-    return None if isinstance(value, float) and math.isnan(value) else value

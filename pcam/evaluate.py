@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,7 +34,7 @@ import pandas as pd
 from pcam import figures, metrics, report
 from pcam.errors import PcamError
 from pcam.inference import read_answers
-from pcam.io import atomic_write_text
+from pcam.io import atomic_write_json, atomic_write_text
 from pcam.runs import (LEGACY_CLASSES, finished_folds, load_fold_model, load_run, prob_columns,
                        probabilities, read_history, read_oof, run_classes)
 from pcam.settings import EvaluateSettings, RunSettings, to_dict
@@ -275,7 +274,7 @@ def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
         record, images = _binary_report(source, out, settings)
     else:
         record, images = _multiclass_report(source, out, settings)
-    atomic_write_text(out / "metrics.json", json.dumps(_plain(record), indent=2) + "\n")
+    atomic_write_json(out / "metrics.json", record)
     atomic_write_text(out / "index.html", report.html_page(record, images))
     for note in source.notes:  # e.g. an answer key covering part of the submission
         print(f"note: {note}", flush=True)
@@ -575,12 +574,3 @@ def _gradcam_by_fold(tiles: np.ndarray, rows: pd.DataFrame, source: Source,
         heat[at, start:start + maps.shape[1], start:start + maps.shape[2]] = maps
     return heat
 
-
-def _plain(value):
-    """``value`` with NaN as null (JSON has no NaN) and numpy scalars as numbers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    value = value.item() if hasattr(value, "item") else value
-    return None if isinstance(value, float) and math.isnan(value) else value

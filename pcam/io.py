@@ -8,6 +8,8 @@ that a clean-up can recognise pcam's own leftovers, and whose they were.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 from pathlib import Path
@@ -86,6 +88,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_json(path: Path, record) -> None:
+    """``record`` as indented JSON, atomically, with NaN as null (JSON has no
+    NaN) and numpy scalars as numbers: the reports' metrics files."""
+    atomic_write_text(path, json.dumps(_plain(record), indent=2) + "\n")
+
+
+def _plain(value):
+    """``value`` with NaN as null and numpy scalars as numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def read_csv_log(path: Path) -> pd.DataFrame:
