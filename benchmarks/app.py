@@ -18,31 +18,30 @@ steps of one upload inside the app, timed without Streamlit, as issue 14
 first merged them and as they are now. Target (issue 14): under 1 s for
 simple-cnn on this CPU.
 
-Measured on the 2-core CPU shared with other jobs (load average 5.2-5.4 at
-the end of each run), two runs, seconds (warm median; CPU of server +
-browser; the same tile again, cached):
+Measured on this 2-core CPU, load average 1.6 (warm median, min-max;
+CPU of server + browser; the same tile again), seconds:
 
-    simple-cnn   1.68 / 1.81   CPU 1.59 / 1.88   again 1.03 / 1.31
-    resnet50     2.78 / 3.02   CPU 2.67 / 2.95   again 1.14 / 1.18
-    echo page    0.20 / 0.20   CPU 0.23 / 0.24
-    (issue 14 as first merged: simple-cnn 1.61-1.88, resnet50 3.65-4.06)
+    simple-cnn   0.454 (0.360-0.519)   CPU 0.70   again 0.262
+    resnet50     1.169 (1.041-1.330)   CPU 1.53   again 0.271
+    echo page    0.135
 
-On the same CPU with nothing else running (load average 1.4), one run:
-simple-cnn 1.050 (min 0.945, max 1.199; CPU 1.45; again 0.929), resnet50
-2.532 (CPU 3.44; again 0.929), echo page 0.210.
-
-Inside the app, per upload (before -> now), simple-cnn: predict 0.22-0.30
--> 0.003-0.006 (a graph per model instead of one traced per upload),
-Grad-CAM 0.025-0.055 -> 0.004 (traced), its picture 0.34-0.36 -> 0.012-0.016
-(numpy + PIL); resnet50: predict 1.1-2.1 -> 0.026, Grad-CAM 0.42-0.58 ->
-0.023-0.031. pcam's own work per upload is now ~0.03 s (simple-cnn) and
-~0.07 s (resnet50) of the 1.7-3 s: the rest is Streamlit's rerun and the
-browser drawing the page (a cached upload still takes ~1.1 s, against 0.2 s
-for the echo page's line and two pictures), and, on this busy CPU, models
-called after the server sat idle: in the server the first model call of a
-rerun took 0.5-1.4 s where an immediate second took 0.03 s (the thread
-pools' threads waiting to be scheduled again). The target is not met on
-this shared CPU; the floor for what the page draws is ~0.2 s.
+Before the models' objects were frozen out of the garbage collector
+(``gc.freeze`` in ``pcam.app``), the same machine and tiles gave simple-cnn
+1.05-1.14 (again 0.93-0.97) and resnet50 2.53. Where that time went: the
+browser's timeline (Resource Timing) showed the page's pictures requested at
+~0.2 s and answered at 0.65-0.76 s, although the script had finished at
+0.05 s: Streamlit runs ``gc.collect(2)`` after every rerun
+(``runner.postScriptGC``), and with TensorFlow and the models in memory
+(~430,000 objects) a full collection holds the interpreter 0.22 s or more,
+during which the server answers nothing. Earlier speed-ups inside the app,
+per upload (before -> now), simple-cnn: predict 0.22-0.30 -> 0.003-0.006 (a
+graph per model instead of one traced per upload), Grad-CAM 0.025-0.055 ->
+0.004 (traced), its picture 0.34-0.36 -> 0.012-0.016 (numpy + PIL);
+resnet50: predict 1.1-2.1 -> 0.026, Grad-CAM 0.42-0.58 -> 0.023-0.031.
+On a busy CPU, models called after the server sat idle are slower: the
+first model call of a rerun took 0.5-1.4 s where an immediate second took
+0.03 s (the thread pools' threads waiting to be scheduled again); resnet50's
+remaining second is mostly that.
 
 Screenshots of the page at desktop (1400 px) and phone (390 px) width, with
 a tile and a 2x2-tile mosaic (which gets a heat map), go to --shots.

@@ -7,6 +7,7 @@ and compare what the page shows with pcam's library on the same bytes.
 from __future__ import annotations
 
 import configparser
+import gc
 import os
 import re
 import shutil
@@ -87,6 +88,11 @@ def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):
     np.testing.assert_allclose(shown, expected, atol=1e-6)
     # Only the two images larger than a tile get a heat map.
     assert sum("Heat map" in m.value for m in at.markdown) == 2
+    # The models' objects are left out of the full garbage collection that
+    # Streamlit runs after every rerun (0.2-0.5 s each with TensorFlow loaded,
+    # which delayed every picture on the page: benchmarks/app.py).
+    assert gc.get_freeze_count() > 100_000
+    gc.unfreeze()  # this test process goes on with other tests
 
     # A model file instead of a run folder: the same model, the same numbers.
     at.text_input[0].input(str(run / "fold_0" / "best.keras")).run()
