@@ -236,15 +236,15 @@ class ModelSettings:
 
     backbone: str = _opt("resnet50", "backbone from the registry (a wrong name lists them): "
                                      "resnet50, resnet50v2, densenet121, efficientnetv2b0, "
-                                     "efficientnetv2s, convnext-tiny, simple-cnn, coatnet-0 "
-                                     "(the last two have no ImageNet weights: trained from "
-                                     "scratch)")
+                                     "efficientnetv2s, convnext-tiny, simple-cnn, cpu-cnn, "
+                                     "coatnet-0 (the last three have no ImageNet weights: "
+                                     "trained from scratch)")
     image_size: int = _opt(0, "input size the backbone sees; tiles are resized to it inside "
                               "the model (0: with ImageNet weights, the tiles fed upsampled 2x "
                               "up to the backbone's native size, e.g. PCam's 96 px to 192; "
                               "from random weights, the size of the tiles fed)")
     weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, or a weights "
-                                    "file; coatnet-0 and simple-cnn have no ImageNet weights "
+                                    "file; simple-cnn, cpu-cnn and coatnet-0 have no ImageNet weights "
                                     "in Keras, so for them imagenet means none (random)")
     dense_units: int = _opt(256, "units of the head's hidden Dense layer")
     dropout: float = _opt(0.5, "dropout before the output unit")
@@ -280,6 +280,10 @@ class TrainSettings:
                             "the averaged weights")
     ema_momentum: float = _opt(0.99, "with --ema, the average's momentum per training step "
                                      "(0.99: the last ~100 steps weigh most)")
+    oof_tta: int = _opt(8, "dihedral views averaged in each fold's out-of-fold predictions, "
+                           "from which the cross-validated figures and the threshold come "
+                           "(8, as predict.py's default: they describe the model as it will "
+                           "be used)", choices=(1, 2, 4, 8))
 
     def __post_init__(self):
         from pcam.errors import PcamError

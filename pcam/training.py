@@ -39,6 +39,7 @@ from pcam.augment import on_model
 from pcam.errors import PcamError
 from pcam.evaluate import evaluate
 from pcam.folds import assign_folds, class_weights, load_or_assign, subset
+from pcam.inference import TTA_VIEWS, predict_batches, tta_predictor
 from pcam.io import atomic_write_text, read_csv_log, remove_stale_temporaries
 from pcam.models import (count_trainable_weights, create_model, default_image_size, get_backbone,
                          set_backbone_trainable)
@@ -502,9 +503,13 @@ def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
     """Predict the fold's validation tiles; write model.json, oof.csv and,
     last, metrics.json (its presence marks the fold finished)."""
     classes = store.classes
-    probs = model.predict(eval_dataset(store, val_pos, inputs, settings.augment).map(
-        _images_only), verbose=0)
-    probs = probs[:, 0] if len(classes) == 2 else probs
+    # With the test-time views predict.py uses by default: the threshold chosen
+    # on these predictions is then applied to predictions made the same way.
+    views = TTA_VIEWS[settings.train.oof_tta]
+    ds = eval_dataset(store, val_pos, dataclasses.replace(
+        inputs, batch_size=max(1, inputs.batch_size // len(views))), settings.augment)
+    ds = ds.map(_images_only)
+    probs = predict_batches(tta_predictor(model, views, ds.element_spec), ds)
     index = store.index().iloc[val_pos]
     oof = pd.DataFrame({"id": index["id"].to_numpy(), "label": index["label"].to_numpy(),
                         "fold": k})

@@ -46,7 +46,28 @@ def test_unknown_backbone_lists_the_valid_names():
 def test_registry_holds_the_promised_backbones():
     assert models.DEFAULT_BACKBONE == "resnet50"
     assert {"resnet50", "resnet50v2", "densenet121", "efficientnetv2b0", "efficientnetv2s",
-            "convnext-tiny", "simple-cnn", "coatnet-0"} <= set(models.BACKBONES)
+            "convnext-tiny", "simple-cnn", "cpu-cnn", "coatnet-0"} <= set(models.BACKBONES)
+
+
+def test_backbone_help_names_every_built_in_backbone():
+    # The help is written by hand: --help answers without importing TensorFlow.
+    from dataclasses import fields
+
+    from pcam.settings import ModelSettings
+
+    helps = {f.name: f.metadata["help"] for f in fields(ModelSettings)}
+    assert [n for n in models.BUILT_IN if n not in helps["backbone"]] == []
+    scratch = [n for n in models.BUILT_IN if not models.BACKBONES[n].pretrained]
+    assert [n for n in scratch if n not in helps["weights"]] == []
+
+
+def test_cpu_cnn_is_simple_cnn_with_a_second_convolution_per_stage():
+    simple = models.create_model("simple-cnn", weights="none")
+    deep = models.create_model("cpu-cnn", weights="none")
+    assert simple.get_layer("backbone").output.shape[1:] == (12, 12, 256)
+    assert deep.get_layer("backbone").output.shape[1:] == (6, 6, 256)  # 96 px / 16
+    assert len(models.backbone_blocks(deep.get_layer("backbone"))) == 7
+    assert (simple.count_params(), deep.count_params()) == (456_929, 1_232_865)
 
 
 

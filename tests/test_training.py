@@ -74,8 +74,13 @@ def test_best_model_loads_and_predicts_raw_tiles(finished_run, layout_cache):
     model = keras.models.load_model(settings.run_dir / "fold_0" / "best.keras")
     oof = pd.read_csv(settings.run_dir / "fold_0" / "oof.csv")
     tiles = np.stack([tifffile.imread(layout_cache / "train" / f"{i}.tif") for i in oof["id"][:8]])
-    probs = model.predict(tiles, verbose=0).ravel()
+    # The out-of-fold predictions average the 8 flips and rotations (oof_tta),
+    # as predict.py does by default.
+    views = [np.rot90(t, k, axes=(1, 2)) for t in (tiles, tiles[:, :, ::-1]) for k in range(4)]
+    probs = np.mean([model.predict(np.ascontiguousarray(v), verbose=0).ravel() for v in views],
+                    axis=0)
     np.testing.assert_allclose(probs, oof["prob"][:8], atol=1e-4)
+    assert not np.allclose(model.predict(tiles, verbose=0).ravel(), oof["prob"][:8], atol=1e-4)
 
 
 def test_rerun_skips_finished_folds(finished_run, capsys):
