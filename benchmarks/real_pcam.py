@@ -1,11 +1,12 @@
 """The CPU recipe on real PCam: does a model trained by scripts/train.py on
-the 20,000 real train tiles reach validation AUC >= 0.90 on the 3,000 real
-valid tiles within 45 minutes on this machine?
+the 20,000 real train tiles reach AUC >= 0.94 on the 3,000 real valid tiles
+(other slides) within 45 minutes on this machine? (issue 16)
 
-    python benchmarks/real_pcam.py [--work /tmp/pcam-bench] [--epochs 16] [-- TRAIN OPTIONS]
+    python benchmarks/real_pcam.py [--work /tmp/pcam-bench] [--epochs 30] [-- TRAIN OPTIONS]
 
 Options after ``--`` go to scripts/train.py after the recipe's own, so an
-ablation changes one setting (e.g. ``-- --stain 0`` or ``-- --ema``).
+ablation changes one setting (e.g. ``-- --stain 0`` or ``-- --backbone
+simple-cnn``). The run stays at ``WORK/runs/real-pcam-cpu`` (``--run``).
 
 The real tiles are laid out as the competition ships them (train/ from the
 20,000 train tiles, test/ from the 3,000 valid tiles, answers beside). The
@@ -15,6 +16,13 @@ predicts the 3,000 held-out valid tiles through pcam.inference.predict (what
 scripts/predict.py runs: without test-time augmentation, and with its
 default 8 dihedral views), scored against their labels. The floor to clear:
 a logistic regression on 14 colour statistics gets AUC 0.80.
+
+The recipe: cpu-cnn (7 conv blocks, random initial weights, so one phase),
+30 epochs of cosine decay from 2e-3 with no early stopping (the best epoch
+on the 2,000 is kept), batch 128, flips and rotations, colour and stain
+jitter (the defaults). Ablation, one change at a time (valid AUC; wall time
+on this 2-core CPU, training and prediction): see README, "What the recipes
+reach".
 """
 from __future__ import annotations
 
@@ -26,15 +34,19 @@ from pathlib import Path
 
 from common import REPO, kaggle_layout, table
 
-CPU_RECIPE = ["--backbone", "simple-cnn", "--weights", "none", "--folds", "10", "--fold", "0",
-              "--epochs-frozen", "0", "--lr-finetune", "2e-3", "--batch-size", "128"]
+# --patience 30: no early stopping. Under cosine decay validation AUC still
+# rose in the last 5 epochs (0.9555 -> 0.9591) after stalls of 2-3 epochs.
+CPU_RECIPE = ["--backbone", "cpu-cnn", "--weights", "none", "--folds", "10", "--fold", "0",
+              "--epochs-frozen", "0", "--lr-finetune", "2e-3", "--batch-size", "128",
+              "--patience", "30"]
+TARGET_AUC, BUDGET_MIN = 0.94, 45
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/pcam-bench"))
-    parser.add_argument("--epochs", type=int, default=16, help="epochs of the (only) phase")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the (only) phase")
     parser.add_argument("--run", default="real-pcam-cpu")
     parser.add_argument("train_options", nargs=argparse.REMAINDER,
                         help="-- then options for scripts/train.py, after the recipe's")
@@ -70,15 +82,15 @@ def main():
     internal = pd.read_csv(runs / args.run / "fold_0" / "oof.csv")
     recipe = " ".join([*CPU_RECIPE, "--epochs-finetune", str(args.epochs), *extra])
     table(f"Real PCam, CPU recipe ({recipe})",
-          [("fold-0 validation (2,000 of the train tiles)",
+          [("fold-0 validation (2,000 of the train tiles, TTA x8)",
             f"{auc(internal['label'], internal['prob']):.4f}", ""),
            ("held-out valid tiles (3,000), no TTA", f"{scored[1][0]:.4f}",
             f"{scored[1][1] / 60:.1f} min to predict"),
            ("held-out valid tiles (3,000), TTA x8 (the default)", f"{scored[8][0]:.4f}",
             f"{total_s / 60:.1f} min with training ({train_s / 60:.1f})")],
           ("evaluated on", "AUC", "wall time"))
-    ok = scored[8][0] >= 0.90 and total_s <= 45 * 60
-    print(f"\ntarget AUC >= 0.90 within 45 min: {'met' if ok else 'NOT met'}")
+    ok = scored[8][0] >= TARGET_AUC and total_s <= BUDGET_MIN * 60
+    print(f"\ntarget AUC >= {TARGET_AUC} within {BUDGET_MIN} min: {'met' if ok else 'NOT met'}")
 
 
 if __name__ == "__main__":
