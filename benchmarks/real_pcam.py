@@ -1,6 +1,6 @@
 """The CPU recipe on real PCam: does a model trained by scripts/train.py on
 the 20,000 real train tiles reach AUC >= 0.94 on the 3,000 real valid tiles
-(other slides) within 45 minutes on this machine? (issue 16)
+(other slides) within 45 minutes on this machine (issue 16)?
 
     python benchmarks/real_pcam.py [--work /tmp/pcam-bench] [--epochs 30] [-- TRAIN OPTIONS]
 

@@ -2,7 +2,8 @@
 
     python scripts/train.py --folds 5                 # ResNet50, ImageNet weights, all folds
     python scripts/train.py --fold 2 --run NAME       # one fold of a run (spread folds over machines)
-    python scripts/train.py --backbone simple-cnn --weights none --epochs-frozen 0   # CPU recipe
+    python scripts/train.py --backbone cpu-cnn --weights none --epochs-frozen 0 \
+        --epochs-finetune 30 --lr-finetune 2e-3 --batch-size 128 --patience 30   # CPU recipe
     python scripts/train.py --demo          # the main job on the bundled sample of real tiles
     python scripts/train.py --demo tissue   # the same on 8 tissue types in class folders
     python scripts/train.py --data-dir my_folders/ --positive malignant   # DIR/<class>/<image>
