@@ -298,10 +298,15 @@ def _check_model(settings: RunSettings, store: Store) -> None:
 
 
 def _refuse_changes(settings: RunSettings, saved: dict, run_dir: Path) -> None:
-    """Refuse settings that differ from a started run's in what is trained."""
+    """Refuse settings that differ from a started run's in what is trained.
+
+    A setting missing from the saved config is newer than the run (e.g.
+    ``train.oof_tta``) and is not compared: no value given now could match
+    it, and refusing would strand every run started by an older pcam."""
     now = to_dict(settings)
     changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
-               for key in now[section] if now[section][key] != saved[section].get(key)]
+               for key in now[section] if key in saved.get(section, {})
+               and now[section][key] != saved[section][key]]
     if changed:
         raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
                         "resume it with the same settings or choose a new --run")

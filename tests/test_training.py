@@ -324,3 +324,16 @@ def test_image_size_zero_resolves_to_the_recipe_size_in_config(finished_run):
     assert cropped.model.image_size == 128
     assert resolve(settings, store).model.image_size == 96
     assert json.loads((settings.run_dir / "config.json").read_text())["model"]["image_size"] == 96
+
+
+def test_a_run_started_before_a_setting_existed_resumes_and_a_changed_one_is_refused(tmp_path):
+    from pcam.settings import ModelSettings, RunSettings, to_dict
+    from pcam.training import _refuse_changes
+
+    settings = RunSettings(run="r", runs_dir=str(tmp_path))
+    saved = to_dict(settings)
+    del saved["train"]["oof_tta"]  # a config.json written before --oof-tta existed
+    _refuse_changes(settings, saved, tmp_path)
+    changed = RunSettings(run="r", runs_dir=str(tmp_path), model=ModelSettings(dropout=0.3))
+    with pytest.raises(PcamError, match=r"other settings \(model\.dropout\)"):
+        _refuse_changes(changed, saved, tmp_path)
