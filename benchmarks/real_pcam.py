@@ -82,7 +82,7 @@ def main():
     internal = pd.read_csv(runs / args.run / "fold_0" / "oof.csv")
     recipe = " ".join([*CPU_RECIPE, "--epochs-finetune", str(args.epochs), *extra])
     table(f"Real PCam, CPU recipe ({recipe})",
-          [("fold-0 validation (2,000 of the train tiles, TTA x8)",
+          [("fold-0 validation (2,000 of the train tiles; oof.csv)",
             f"{auc(internal['label'], internal['prob']):.4f}", ""),
            ("held-out valid tiles (3,000), no TTA", f"{scored[1][0]:.4f}",
             f"{scored[1][1] / 60:.1f} min to predict"),
