@@ -92,13 +92,14 @@ def backbone_settings(template: RunSettings, backbone: str, pretrained: bool,
     """The run of one backbone: the template with the backbone replaced, named
     after it, in the comparison's folder.
 
-    A backbone that starts from random weights (it has no ImageNet weights,
-    e.g. simple-cnn, or ``--weights none``) is trained from scratch: a
+    A backbone that starts from random weights (``--weights imagenet`` for
+    one that has none, e.g. simple-cnn, or ``--weights none``) is trained from scratch: a
     frozen phase would train only the head on a random backbone, so its
     epochs go to the second phase, in which everything learns. The
     learning rates stay the template's.
     """
-    scratch = template.model.weights == "none" or not pretrained
+    weights = template.model.weights
+    scratch = weights == "none" or (weights == "imagenet" and not pretrained)
     model = dataclasses.replace(template.model, backbone=backbone,
                                 weights="none" if scratch else template.model.weights)
     train = template.train

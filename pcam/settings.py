@@ -243,9 +243,12 @@ class ModelSettings:
                               "the model (0: with ImageNet weights, the tiles fed upsampled 2x "
                               "up to the backbone's native size, e.g. PCam's 96 px to 192; "
                               "from random weights, the size of the tiles fed)")
-    weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, or a weights "
-                                    "file; simple-cnn, cpu-cnn and coatnet-0 have no ImageNet weights "
-                                    "in Keras, so for them imagenet means none (random)")
+    weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, a weights "
+                                    "file, or a pcam model of the same backbone (a run's "
+                                    "fold_K/best.keras: its backbone is copied, e.g. cpu-cnn "
+                                    "trained on PCam); simple-cnn, cpu-cnn and coatnet-0 have "
+                                    "no ImageNet weights in Keras, so for them imagenet means "
+                                    "none (random)")
     dense_units: int = _opt(256, "units of the head's hidden Dense layer")
     dropout: float = _opt(0.5, "dropout before the output unit")
 

@@ -237,6 +237,34 @@ def test_backbone_weights_from_a_local_file(tmp_path):
         models.create_model("simple-cnn", weights=str(other))
 
 
+def test_backbone_from_a_pcam_model_of_another_tile_size(tmp_path):
+    """--weights RUN/fold_K/best.keras: transfer, e.g. from PCam's 96 px tiles
+    to 128 px images; the backbone is copied, the head starts afresh."""
+    source = models.create_model("cpu-cnn", image_size=32, weights="none", num_classes=2)
+    trained = tmp_path / "best.keras"
+    source.save(trained)
+    model = models.create_model("cpu-cnn", image_size=48, weights=str(trained), num_classes=6)
+    assert model.output_shape == (None, 6)
+    pairs = list(zip(source.get_layer("backbone").weights, model.get_layer("backbone").weights))
+    assert len(pairs) == len(source.get_layer("backbone").weights) > 20  # BN statistics too
+    for expected, got in pairs:
+        np.testing.assert_array_equal(expected.numpy(), got.numpy())
+    fresh = models.create_model("cpu-cnn", image_size=48, weights="none")
+    assert not np.array_equal(fresh.get_layer("backbone").weights[0].numpy(),
+                              model.get_layer("backbone").weights[0].numpy())
+
+    with pytest.raises(PcamError, match="holds a cpu-cnn backbone, not simple-cnn: pass "
+                                        "--backbone cpu-cnn"):
+        models.create_model("simple-cnn", weights=str(trained))
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Dense(1)], name="mine")
+    plain.save(tmp_path / "mine.keras")
+    with pytest.raises(PcamError, match="not a pcam model"):
+        models.create_model("cpu-cnn", weights=str(tmp_path / "mine.keras"))
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    with pytest.raises(PcamError, match="could not read .*broken.keras as a pcam model"):
+        models.create_model("cpu-cnn", weights=str(tmp_path / "broken.keras"))
+
+
 @pytest.mark.parametrize("name, tile, weights, expected", [
     ("resnet50", 96, "imagenet", 192),    # PCam tiles, ImageNet weights: upsampled 2x
     ("resnet50", 150, "imagenet", 224),   # capped at the native size
