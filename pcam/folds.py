@@ -96,20 +96,40 @@ def assign_folds(index: pd.DataFrame, settings: FoldSettings, classes=()) -> pd.
     return index.assign(fold=folds)
 
 
+def check_folds(folds: pd.DataFrame, index: pd.DataFrame, k: int, source: str,
+                remedy: str, folds_remedy: str) -> pd.DataFrame:
+    """``folds`` (id, label, fold), refused unless they split tiles of ``index``,
+    with its labels, into folds 0 to ``k`` - 1.
+
+    Args:
+        source: what the folds are, to name them in messages.
+        remedy: what to do when they were made for other data.
+        folds_remedy: what to do when they are not ``k`` folds.
+    """
+    labels = index.drop_duplicates("id").set_index("id")["label"]
+    unknown = folds.loc[~folds["id"].isin(labels.index), "id"]
+    if len(unknown):
+        raise PcamError(f"{source}: {len(unknown)} tile(s) not in the store (e.g. "
+                        f"{unknown.iloc[0]}); the data changed: {remedy}")
+    changed = folds.loc[labels[folds["id"]].to_numpy() != folds["label"].to_numpy(), "id"]
+    if len(changed):
+        raise PcamError(f"{source}: {len(changed)} tile(s) labelled otherwise than in the store "
+                        f"(e.g. {changed.iloc[0]}); the data changed: {remedy}")
+    found = sorted(int(f) for f in folds["fold"].unique())
+    if found != list(range(k)):
+        raise PcamError(f"{source}: {len(found)} folds ({', '.join(map(str, found))}) but "
+                        f"--folds is {k}; {folds_remedy}")
+    return folds[["id", "label", "fold"]].reset_index(drop=True)
+
+
 def load_or_assign(path: Path, index: pd.DataFrame, settings: FoldSettings,
                    classes=()) -> pd.DataFrame:
     """Folds saved at ``path`` if there (a resumed run), else new ones saved there."""
     path = Path(path)
     if path.is_file():
         saved = pd.read_csv(path, dtype={"id": str, "label": int, "fold": int})
-        if saved["fold"].max() + 1 != settings.folds:
-            raise PcamError(f"{path} has {saved['fold'].max() + 1} folds but --folds is "
-                            f"{settings.folds}; use the run's setting or a new --run")
-        unknown = set(saved["id"]) - set(index["id"])
-        if unknown:
-            raise PcamError(f"{path} names {len(unknown)} tile(s) not in the store "
-                            f"(e.g. {sorted(unknown)[0]}); the data changed: start a new --run")
-        return saved
+        return check_folds(saved, index, settings.folds, str(path), "start a new --run",
+                           "use the run's setting or a new --run")
     folds = assign_folds(subset(index, settings.max_tiles, settings.seed), settings, classes)
     atomic_write_text(path, folds.to_csv(index=False))
     return folds

@@ -38,7 +38,7 @@ from pcam import __version__, checkpoints, distribute, locks, metrics, runs, tas
 from pcam.augment import on_model
 from pcam.errors import PcamError
 from pcam.evaluate import evaluate
-from pcam.folds import assign_folds, class_weights, load_or_assign, subset
+from pcam.folds import assign_folds, check_folds, class_weights, load_or_assign, subset
 from pcam.inference import TTA_VIEWS, predict_batches, tta_predictor
 from pcam.io import atomic_write_text, read_csv_log, remove_stale_temporaries
 from pcam.models import (count_trainable_weights, create_model, default_image_size, get_backbone,
@@ -222,7 +222,9 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
                                   store.classes)
     _check_model(settings, store)
     if handed is not None:
-        folds = _check_handed(handed, store, settings)
+        folds = check_folds(handed, store.index(), settings.folds.folds,
+                            f"the folds handed to run {settings.run_dir}",
+                            "start a new comparison", "use the comparison's --folds")
     else:
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles,
                                     settings.folds.seed), settings.folds, store.classes)
@@ -233,25 +235,6 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
         raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
                         "choose another --runs-dir") from None
     return folds
-
-
-def _check_handed(folds: pd.DataFrame, store: Store, settings: RunSettings) -> pd.DataFrame:
-    """Handed folds, refused unless they split tiles of this store, with their
-    labels, into ``--folds`` folds."""
-    index = store.index().set_index("id")["label"]
-    unknown = folds.loc[~folds["id"].isin(index.index), "id"]
-    if len(unknown):
-        raise PcamError(f"the folds handed to run {settings.run_dir} name {len(unknown)} tile(s) "
-                        f"not in its store (e.g. {unknown.iloc[0]}): they were made for other "
-                        "data; start a new comparison")
-    if (index[folds["id"]].to_numpy() != folds["label"].to_numpy()).any():
-        raise PcamError(f"the folds handed to run {settings.run_dir} give other labels than its "
-                        "store: they were made for other data; start a new comparison")
-    if sorted(folds["fold"].unique()) != list(range(settings.folds.folds)):
-        raise PcamError(f"the folds handed to run {settings.run_dir} are not folds 0 to "
-                        f"{settings.folds.folds - 1} (--folds {settings.folds.folds}); use the "
-                        "comparison's --folds")
-    return folds[["id", "label", "fold"]].reset_index(drop=True)
 
 
 def _started(run_dir: Path) -> bool:

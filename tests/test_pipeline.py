@@ -117,6 +117,11 @@ def test_folds_are_stratified_saved_and_reused(stores, tmp_path):
     pd.testing.assert_frame_equal(folds, again)           # reused, not redrawn
     with pytest.raises(PcamError, match="3 folds"):
         load_or_assign(tmp_path / "folds.csv", index, FoldSettings(folds=5))
+    relabelled = index.assign(label=index["label"].where(index.index != 7, 1 - index["label"]))
+    with pytest.raises(PcamError, match=f"1 tile.*labelled otherwise.*{index['id'][7]}"):
+        load_or_assign(tmp_path / "folds.csv", relabelled, settings)
+    with pytest.raises(PcamError, match="not in the store"):
+        load_or_assign(tmp_path / "folds.csv", index.iloc[1:], settings)
 
 
 def test_grouped_folds_keep_each_slide_in_one_fold(stores, tmp_path):
