@@ -33,7 +33,7 @@ import pandas as pd
 
 from pcam import figures, metrics, report
 from pcam.errors import PcamError
-from pcam.inference import read_answers
+from pcam.inference import Member, ensemble_oof, read_answers
 from pcam.io import atomic_write_json, atomic_write_text
 from pcam.runs import (LEGACY_CLASSES, finished_folds, load_fold_model, load_run, prob_columns,
                        probabilities, read_history, read_oof, run_classes)
@@ -209,20 +209,25 @@ def submission_source(path: Path, answers: str) -> Source:
     record = path.with_suffix(".json")
     run = json.loads(record.read_text()) if record.is_file() else {}
     config, oof, store, classes = None, None, None, LEGACY_CLASSES
-    if run.get("run") and (Path(run["run"]) / "config.json").is_file():
-        run_dir, config = load_run(Path(run["run"]))
+    # An ensemble's record lists its runs; one run's also names it as "run".
+    runs = [r["run"] for r in run.get("runs", [])] or ([run["run"]] if run.get("run") else [])
+    missing = [r for r in runs if not (Path(r) / "config.json").is_file()]
+    why = (f"its run {missing[0]} is not there" if missing else
+           "no NAME.json beside the submission names its runs")
+    if runs and not missing:
+        members = [Member(*load_run(Path(r)), ()) for r in runs]
+        config = members[0].config
         classes = run_classes(config)
         if len(classes) != 2:
-            raise PcamError(f"{path}: its run {run_dir} has {len(classes)} classes; a "
-                            "submission holds one probability per tile, so it is scored for "
+            raise PcamError(f"{path}: its run {members[0].run_dir} has {len(classes)} classes; "
+                            "a submission holds one probability per tile, so it is scored for "
                             "two-class runs only (report a labelled K-class test set with "
                             "scripts/predict.py)")
-        done = finished_folds(run_dir, config.folds.folds)
-        oof = read_oof(run_dir, done) if done else None
+        oof, why = ensemble_oof(members, run.get("average", "mean"))
     if oof is None:
-        notes.append("The run's out-of-fold predictions were not found (no NAME.json beside "
-                     "the submission naming a run), so the threshold was chosen on these test "
-                     "tiles themselves: the metrics at the threshold are optimistic.")
+        notes.append(f"No out-of-fold predictions of the submission's runs ({why}), so the "
+                     "threshold was chosen on these test tiles themselves: the metrics at the "
+                     "threshold are optimistic.")
     data = run.get("data", {})
     if data:
         store_path = Path(data.get("store_dir") or Path(data["data_dir"]) / "store") / "test"

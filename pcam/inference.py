@@ -441,37 +441,57 @@ def _read_folds(run_dir: Path) -> pd.DataFrame | None:
     return table.sort_values("id", kind="stable").reset_index(drop=True)
 
 
+def ensemble_oof(members: Sequence[Member], average: str = "mean"
+                 ) -> tuple[pd.DataFrame | None, str]:
+    """Out-of-fold predictions (id, label, prob) of two-class runs ensembled,
+    or None and why none exist.
+
+    One run: the pooled OOF predictions of its finished folds. Several:
+    the runs' OOF predictions combined tile by tile (``average``, as the
+    test predictions are) -- which are out-of-fold for the ensemble only
+    when every run held out the same tiles in the same fold. So they exist
+    for runs with identical folds.csv (ids, labels, folds) and every fold
+    finished.
+    """
+    if len(members) == 1:
+        m = members[0]
+        done = finished_folds(m.run_dir, m.config.folds.folds)
+        if not done:
+            return None, f"run {m.run_dir} has no finished fold"
+        return read_oof(m.run_dir, done)[["id", "label", "prob"]], ""
+    for m in members:
+        done = finished_folds(m.run_dir, m.config.folds.folds)
+        if len(done) < m.config.folds.folds:
+            return None, (f"run {m.run_dir} has {len(done)} of {m.config.folds.folds} folds "
+                          "finished, so the ensemble has no complete out-of-fold predictions")
+    tables = [_read_folds(m.run_dir) for m in members]
+    for m, table in zip(members[1:], tables[1:]):
+        if tables[0] is None or table is None or not table.equals(tables[0]):
+            return None, (f"runs {members[0].run_dir} and {m.run_dir} were trained on "
+                          "different folds (their folds.csv differ), so no out-of-fold "
+                          "prediction of the ensemble exists; train the runs with the same "
+                          "--folds, --seed and data for one")
+    ids = tables[0]["id"]
+    probs = [read_oof(m.run_dir, range(m.config.folds.folds)).set_index("id")
+             .loc[ids, "prob"].to_numpy(np.float64) for m in members]
+    return pd.DataFrame({"id": ids, "label": tables[0]["label"],
+                         "prob": combine(probs, average)}), ""
+
+
 def ensemble_threshold(members: Sequence[Member], average: str = "mean") -> tuple[float, str]:
     """The two-class decision threshold of several runs ensembled, and why
     it is 0.5 when it cannot be chosen ("" when it was).
 
     A run's threshold is chosen on its pooled out-of-fold predictions
-    (Youden's J, ``pcam.training.summarise``). The ensemble's is chosen the
-    same way on the runs' out-of-fold predictions combined tile by tile
-    (``average``, as the test predictions are) -- which are out-of-fold for
-    the ensemble only when every run held out the same tiles in the same
-    fold. So: runs with identical folds.csv (ids, labels, folds) and every
-    fold finished get the threshold of their combined OOF predictions;
-    otherwise the threshold is 0.5 and the note says why. The probabilities
-    themselves do not depend on it: only the ``predicted`` column does.
+    (Youden's J, ``pcam.training.summarise``); the ensemble's the same way
+    on theirs combined (``ensemble_oof``), or 0.5 when they have none. The
+    probabilities themselves do not depend on it: only the ``predicted``
+    column does.
     """
-    for m in members:
-        done = finished_folds(m.run_dir, m.config.folds.folds)
-        if len(done) < m.config.folds.folds:
-            return 0.5, (f"threshold 0.5: run {m.run_dir} has {len(done)} of "
-                         f"{m.config.folds.folds} folds finished, so the ensemble has no "
-                         "complete out-of-fold predictions to choose it on")
-    tables = [_read_folds(m.run_dir) for m in members]
-    for m, table in zip(members[1:], tables[1:]):
-        if tables[0] is None or table is None or not table.equals(tables[0]):
-            return 0.5, (f"threshold 0.5: runs {members[0].run_dir} and {m.run_dir} were "
-                         "trained on different folds (their folds.csv differ), so no "
-                         "out-of-fold prediction of the ensemble exists to choose it on; "
-                         "train the runs with the same --folds, --seed and data for one")
-    ids = tables[0]["id"]
-    probs = [read_oof(m.run_dir, range(m.config.folds.folds)).set_index("id")
-             .loc[ids, "prob"].to_numpy(np.float64) for m in members]
-    return metrics.choose_threshold(tables[0]["label"].to_numpy(), combine(probs, average)), ""
+    oof, why = ensemble_oof(members, average)
+    if oof is None:
+        return 0.5, f"threshold 0.5: {why}"
+    return metrics.choose_threshold(oof["label"].to_numpy(), oof["prob"].to_numpy()), ""
 
 
 def _batch_images(settings: PredictSettings, member: Member) -> int:

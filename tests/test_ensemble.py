@@ -119,6 +119,33 @@ def test_the_threshold_of_runs_with_the_same_folds_is_chosen_on_their_pooled_oof
                                                    "normal").tolist()
 
 
+
+def test_an_ensembles_submission_is_scored_at_the_threshold_of_its_runs_pooled_oof(
+        pair, layout_cache, tmp_path):
+    from pcam.evaluate import evaluate
+    from pcam.runs import read_oof
+    from pcam.settings import EvaluateSettings
+
+    a, b = pair
+    predicted([a, b], tmp_path / "ab.csv")
+    answers = str(layout_cache) + ".answers.csv"
+    report = evaluate(EvaluateSettings(submission=str(tmp_path / "ab.csv"), answers=answers,
+                                       bootstrap=200, gallery=0))
+    oof_a = read_oof(a, [0, 1]).set_index("id")
+    oof_b = read_oof(b, [0, 1]).set_index("id").loc[oof_a.index]
+    expected = choose_threshold(oof_a["label"], (oof_a["prob"] + oof_b["prob"]) / 2)
+    assert report["threshold"]["chosen_on"] == "pooled out-of-fold predictions"
+    assert report["threshold"]["value"] == pytest.approx(expected)
+
+    # Without one of its runs the threshold falls back to the test tiles, and says why.
+    record = json.loads((tmp_path / "ab.json").read_text())
+    record["runs"][1]["run"] = str(tmp_path / "gone")
+    (tmp_path / "ab.json").write_text(json.dumps(record))
+    report = evaluate(EvaluateSettings(submission=str(tmp_path / "ab.csv"), answers=answers,
+                                       bootstrap=200, gallery=0))
+    assert report["threshold"]["chosen_on"] == "these test tiles"
+    assert any("gone is not there" in note for note in report["notes"])
+
 def test_runs_that_cannot_be_ensembled_are_refused_in_one_line(pair, tmp_path, capsys):
     from pcam.commands.predict import main
 
