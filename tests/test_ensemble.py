@@ -119,7 +119,6 @@ def test_the_threshold_of_runs_with_the_same_folds_is_chosen_on_their_pooled_oof
                                                    "normal").tolist()
 
 
-
 def test_an_ensembles_submission_is_scored_at_the_threshold_of_its_runs_pooled_oof(
         pair, layout_cache, tmp_path):
     from pcam.evaluate import evaluate
@@ -145,6 +144,7 @@ def test_an_ensembles_submission_is_scored_at_the_threshold_of_its_runs_pooled_o
                                        bootstrap=200, gallery=0))
     assert report["threshold"]["chosen_on"] == "these test tiles"
     assert any("gone is not there" in note for note in report["notes"])
+
 
 def test_runs_that_cannot_be_ensembled_are_refused_in_one_line(pair, tmp_path, capsys):
     from pcam.commands.predict import main
