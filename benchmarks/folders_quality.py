@@ -38,6 +38,8 @@ The balanced accuracy clears its target by 0.001 and its folds spread from
 0.786 to 0.882, so a fresh draw of images may well land below 0.85. The
 weakest sensitivities: Normal 0.79 (61 images) and High-grade_IN 0.80
 (149), against 0.85-0.94 for the other four.
+Counted with the one-off pretraining each dataset's run exceeds 45 minutes
+(quiet: 46 and 62); counted as a download of weights would be, both fit.
 
 Others scoring these runs on new images score the fold ensemble, not one
 fold's model. ``--hold-out 0.2`` measures that: a seeded 20% of each class
@@ -54,8 +56,6 @@ on unseen images clears them by 0.014, 0.068 and 0.023. The held-out sets
 are small (ebhi: 12 Normal and 9 Serrated_adenoma images), and neither
 split knows patients (these copies carry no patient ids): one patient's
 images may sit on both sides, as they may between folds.
-Counted with the one-off pretraining each dataset's run exceeds 45 minutes
-(quiet: 46 and 62); counted as a download of weights would be, both fit.
 
 Ablation on oral-oscc, the same 5 folds (validation AUC of folds 0-4; cpu-cnn,
 128 px, no colour jitter throughout):
@@ -171,10 +171,10 @@ def score_held_out(name: str, work: Path, test: Path) -> dict:
     return json.loads(report.read_text())["groups"]["test"]
 
 
-def _value(pooled: dict, metric: str) -> str:
-    """A metric with its bootstrap interval when it has one (AUC)."""
-    ci = f" ({pooled['auc_low']:.3f}-{pooled['auc_high']:.3f})" if metric == "auc" else ""
-    return f"{pooled[metric]:.4f}{ci}"
+def _value(group: dict, metric: str) -> str:
+    """A metric of a report's group with its bootstrap interval when it has one (AUC)."""
+    ci = f" ({group['auc_low']:.3f}-{group['auc_high']:.3f})" if metric == "auc" else ""
+    return f"{group[metric]:.4f}{ci}"
 
 
 def main() -> int:

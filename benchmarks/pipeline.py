@@ -17,8 +17,8 @@ the loop; peak memory < store + 1 GB.
 
 Measured 2026-12-03, 2 cores: later epochs 111,040 tiles/s (94.9x naive);
 ingest 1.41x and 1.71x the loop in two runs (3.88x in a third whose loop
-read cold files: the baseline is noisy); peak memory 3.72 GiB against 3.59 (2.59 GiB
-store + 1): since colour and stain jitter are the default, XLA compiling
+read cold files: the baseline is noisy); peak memory 3.72 GiB against 3.59
+(2.59 GiB store + 1): since colour and stain jitter are the default, XLA compiling
 their fused op costs 0.13 GiB once (without jitter 3.58 GiB; jitter unfused
 3.59) and buys 4.2x their throughput (5,114 against 1,219 tiles/s unfused).
 """
@@ -52,7 +52,7 @@ def bench_ingest(layout: Path, work: Path) -> list[tuple]:
 
     out = work / "store-ingest"
     settings = DataSettings(data_dir=str(layout), store_dir=str(out))
-    source = read_source(settings)  # the scan, as the Kaggle path did it before a store existed
+    source = read_source(settings)  # scanned before the clocks start: they time decoding
     train = source.train
     paths = [train.path(t) for t in train.ids]
     start = time.perf_counter()
