@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcam.errors import PcamError
+from pcam.places import LATEST
 
 NOTE = "For research and teaching, not for diagnosis."
 ENSEMBLE = "all finished folds (ensemble)"
+PREDICTED = "predicted class"
 # A tool, not a dev server: no "Deploy" button or developer menu, no telemetry.
 SERVER_OPTIONS = ("--server.headless", "true", "--browser.gatherUsageStats", "false",
                   "--client.toolbarMode", "viewer")
@@ -93,7 +95,7 @@ def find_runs(runs_dir: str | Path) -> list[str]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if (p / "config.json").is_file()
-             and any(p.glob("fold_*/metrics.json"))]
+             and any(p.glob("fold_*/metrics.json")) and p.name != LATEST]
     return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
@@ -172,10 +174,13 @@ def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
     info = loaded.info
     tile = as_tiles([image], info.tile_size)
     fed = np.asarray(compose(eval_ops(augment(info)))(tile, None)) if info.centre_crop else tile
-    index = info.classes.index(target)
+    # K classes: each image's own predicted class by default, as explain.py does.
+    index = None if target == PREDICTED else info.classes.index(target)
     heat, probs = gradcam(loaded.explain, fed, index)
-    p = float(probs[0]) if info.binary else float(probs[0][index])
-    p_target = p if not info.binary or index == 1 else 1 - p
+    if info.binary:
+        p_target = float(probs[0]) if index == 1 else 1 - float(probs[0])
+    else:
+        p_target = float(np.max(probs[0]) if index is None else probs[0][index])
     picture = explanation_panels(fed[0], heat[0], info.label_region, side=PANEL)
     return png(picture), p_target, float(heat[0].max())
 
@@ -308,7 +313,8 @@ def choose_run(args) -> tuple[str, tuple, bool]:  # pragma: no cover - streamlit
                      else (int(fold_choice.split()[1]),))
         else:  # a model file: itself (its model.json beside it)
             folds = (-1,)
-        tta = st.toggle("Test-time augmentation (8 views)", value=False)
+        # On by default, as predict.py: the threshold was chosen on 8-view OOF predictions.
+        tta = st.toggle("Test-time augmentation (8 views)", value=True)
     return run, folds, tta
 
 
@@ -317,8 +323,10 @@ def choose_target(info) -> str:  # pragma: no cover - streamlit
     import streamlit as st
 
     with st.sidebar:
+        # As explain.py: the positive class of two, else each image's predicted class.
+        options = list(info.classes) if info.binary else [PREDICTED, *info.classes]
         default = info.classes.index(info.positive) if info.binary else 0
-        target = st.selectbox("Grad-CAM shows evidence for", info.classes, index=default)
+        target = st.selectbox("Grad-CAM shows evidence for", options, index=default)
         st.caption(f"{len(info.classes)} classes · {info.tile_size} px tiles · "
                    f"{info.backbone or 'model'}"
                    + (f" · threshold {info.threshold:.3f}" if info.binary else ""))

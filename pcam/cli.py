@@ -5,10 +5,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import sys
+from pathlib import Path
 
 from pcam.errors import PcamError
 from pcam.settings import section
+
+
+VERBOSE = "--verbose"
+
+
+def new_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A command's parser: its docstring as the description, and ``--verbose``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(VERBOSE, action="store_true",
+                        help="show TensorFlow's own start-up messages (hidden by default: "
+                             "without a GPU they include a 'failed call to cuInit' line "
+                             "that is not a failure)")
+    return parser
+
+
+def quiet_tensorflow(argv) -> None:
+    """Silence TensorFlow's C++ start-up log before it is imported, unless the
+    command line asks for ``--verbose`` or the user set ``TF_CPP_MIN_LOG_LEVEL``.
+
+    Level 3: at level 2 the lines logged before absl starts (``cudart_stub``,
+    and ``E0000 ... failed call to cuInit`` on every machine without a GPU,
+    which reads as a failure) still appear. Errors that matter reach the user
+    as Python exceptions either way.
+    """
+    if VERBOSE not in (sys.argv[1:] if argv is None else argv):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
@@ -37,6 +66,38 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
         group.add_argument(flag, dest=f.name, type=kind, default=f.default,
                            choices=f.metadata.get("choices"), help=help_text,
                            metavar=None if "choices" in f.metadata else f.name.upper())
+
+
+def machine_defaults(parser: argparse.ArgumentParser, argv, recipe: bool = True):
+    """Make the parser's defaults fit this machine and data, before the real parse.
+
+    A first parse reads ``--data-dir`` (and ``--recipe``): in a Kaggle notebook
+    with the competition mounted read-only at ``/kaggle/input``, the default
+    data folder becomes that mount (``pcam.places.kaggle_competition``); with
+    ``recipe``, the recipe chosen for the machine and the source sets the
+    defaults of the options it changes (``pcam.recipes``). Options the user
+    gives still win: they are parsed after.
+
+    Returns:
+        The ``pcam.recipes.Recipe`` chosen, or None without ``recipe``.
+    """
+    from pcam import places, recipes
+    from pcam.settings import DataSettings
+    from pcam.sources import detect
+
+    first, _ = parser.parse_known_args(argv)
+    data_dir = Path(first.data_dir)
+    if first.data_dir == DataSettings().data_dir and not data_dir.exists():
+        mounted = places.kaggle_competition()
+        if mounted is not None:
+            parser.set_defaults(data_dir=str(mounted))
+            data_dir = mounted
+    if not recipe:
+        return None
+    kind = first.source if first.source != "auto" else detect(data_dir)
+    chosen = recipes.choose(first.recipe, kind)
+    parser.set_defaults(**chosen.defaults)
+    return chosen
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -81,6 +142,7 @@ def run(main, argv=None) -> None:
     refusal: print it as one line (no traceback) and exit 2. Ctrl-C exits
     130 with a reminder that finished work is kept.
     """
+    quiet_tensorflow(argv)
     try:
         status = main(argv)
     except PcamError as err:

@@ -58,7 +58,8 @@ def run_compare(settings: CompareSettings) -> dict | None:
         return compare_report(settings.compare_dir, bootstrap=settings.bootstrap,
                               speed_tiles=settings.speed_tiles)
     from pcam.models import get_backbone  # the registry: a wrong name lists the valid ones
-    from pcam.training import default_run_name, run_cv
+    from pcam.places import default_run_name
+    from pcam.training import run_cv
 
     specs = [get_backbone(name) for name in settings.backbones]
     weights = settings.training.model.weights

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcam.guide import after_training
 from pcam.settings import (DataSettings, FoldSettings, InputSettings,
                            ModelSettings, RunSettings, TrainSettings)
 
@@ -61,7 +62,11 @@ def run_pcam(data_root: Path = Path("data")) -> None:
           f"  submission: {out} (settings beside it: {out.with_suffix('.json')})\n"
           f"  its report: {out.with_name('demo-report') / 'index.html'} (on the sample's "
           "held-out answers)\n"
-          f"  tile stores: {Path(train_settings.data.data_dir) / 'store'}", flush=True)
+          f"  tile stores: {train_settings.data.store_path}", flush=True)
+    print(after_training(train_settings.run_dir, "kaggle", str(train_settings.data.data_dir)),
+          flush=True)
+    print("  python scripts/train.py --data-dir YOUR_FOLDERS/    # your own images: one "
+          "folder per class", flush=True)
 
 
 def settings(data_dir: Path) -> RunSettings:
@@ -115,9 +120,10 @@ def run_tissue(data_root: Path = Path("data")) -> None:
           f"  run (models, histories, out-of-fold predictions, cv.json): {train_settings.run_dir}\n"
           f"  report:      {train_settings.run_dir / 'report' / 'index.html'} (out-of-fold, "
           "8 classes)\n"
-          f"  predictions: {out} (every tile: predicted class and one probability per class)\n"
-          f"  explain one: python scripts/explain.py --run {train_settings.run_dir} --images "
-          f"{next(iter(sorted(data.rglob('*.webp'))))} --target predicted", flush=True)
+          f"  predictions: {out} (every tile, by all the folds: the tiles trained on, so "
+          "a check that the models load and agree, not a score: the report's out-of-fold "
+          "figures are the score)", flush=True)
+    print(after_training(train_settings.run_dir, "folders", str(data)), flush=True)
 
 
 def tissue_settings(data_dir: Path) -> RunSettings:

@@ -35,6 +35,7 @@ from pcam import figures, metrics, report
 from pcam.errors import PcamError
 from pcam.inference import Member, ensemble_oof, read_answers
 from pcam.io import atomic_write_json, atomic_write_text
+from pcam.places import default_store
 from pcam.runs import (LEGACY_CLASSES, finished_folds, load_fold_model, load_run, prob_columns,
                        probabilities, read_history, read_oof, run_classes)
 from pcam.settings import EvaluateSettings, RunSettings, to_dict
@@ -230,7 +231,7 @@ def submission_source(path: Path, answers: str) -> Source:
                      "threshold are optimistic.")
     data = run.get("data", {})
     if data:
-        store_path = Path(data.get("store_dir") or Path(data["data_dir"]) / "store") / "test"
+        store_path = Path(data.get("store_dir") or default_store(data["data_dir"])) / "test"
         store = _open_or_none(store_path, notes)
     return Source(title=f"submission {path.name} against {Path(answers).name}",
                   groups={TEST: frame}, oof=oof, config=config, classes=classes, store=store,

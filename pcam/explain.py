@@ -61,6 +61,7 @@ def explain(settings: ExplainSettings) -> pd.DataFrame:
     from dataclasses import replace
 
     from pcam.gradcam import explainer, gradcam
+    from pcam.images import list_images
     from pcam.runs import load_model_with_info, resolve_target
 
     chosen = choose_model(settings)
@@ -76,8 +77,8 @@ def explain(settings: ExplainSettings) -> pd.DataFrame:
     tiles = Tiles()
     if settings.ids:
         read_ids(settings, chosen.config, crop, tiles)
-    if settings.images:
-        read_images([Path(p) for p in settings.images], info.tile_size, crop, tiles)
+    if settings.images:  # files and folders alike, as predict.py takes them
+        read_images(list_images(settings.images), info.tile_size, crop, tiles)
     wrong = [n for n, im in zip(tiles.names, tiles.images) if im.shape[:2] != (side, side)]
     if wrong:  # a store's tiles for a model of another size
         raise PcamError(f"the model takes {side}x{side} tiles; {_first(wrong)} are "

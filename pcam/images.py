@@ -37,11 +37,13 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path, PurePath
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
+
+from pcam.errors import PcamError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -439,3 +441,21 @@ def _open_problem(err: OSError) -> str:
 
 def _shape(image: np.ndarray) -> str:
     return "x".join(map(str, image.shape))
+
+
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named, or found under folders named (recursively, sorted;
+    hidden files and non-images skipped)."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
+                            and not any(is_hidden(part) for part in p.relative_to(path).parts))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PcamError(f"--images {path}: no such file or folder")
+    if not found:
+        raise PcamError(f"--images {' '.join(map(str, paths))}: no image files there "
+                        "(TIFF, PNG, JPEG or BMP)")
+    return found

@@ -29,6 +29,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 import shlex
 import threading
 import time
@@ -42,6 +43,7 @@ import pandas as pd
 from pcam import competition as comp
 from pcam import metrics
 from pcam.errors import PcamError
+from pcam.images import IMAGE_SUFFIXES, list_images
 from pcam.io import atomic_path, atomic_write_text
 from pcam.runs import (ModelInfo, finished_folds, info_path,  # noqa: F401
                        load_fold_model, load_model_with_info, load_run, prob_columns,
@@ -380,7 +382,7 @@ def data_settings(config: RunSettings, settings) -> DataSettings:
     """The run's data settings, with the command line's folders (``settings.data_dir``,
     ``settings.store_dir``) in place of its own."""
     data = config.data
-    if settings.data_dir:  # another folder: its own store/, unless --store-dir says otherwise
+    if settings.data_dir:  # another folder: its own store, unless --store-dir says otherwise
         data = dataclasses.replace(data, data_dir=settings.data_dir, store_dir=settings.store_dir)
     elif settings.store_dir:
         data = dataclasses.replace(data, store_dir=settings.store_dir)
@@ -431,6 +433,17 @@ def ensemble_name(members: Sequence[Member]) -> str:
     names = [m.run_dir.resolve().name for m in members]
     joined = "+".join(names)
     return joined if len(joined) <= 80 else f"{names[0]}+{len(names) - 1}-more"
+
+
+def inputs_name(paths: Sequence[str]) -> str:
+    """The part of a default output name that says what was predicted: the one
+    file's or folder's name, or the first's and a count, so that predicting
+    other images never overwrites an earlier CSV (the same images, asked
+    again, replace their own)."""
+    names = [re.sub(r"[^A-Za-z0-9._-]+", "-", Path(p).resolve().name).strip("-.") or "images"
+             for p in paths]
+    first = Path(names[0]).stem if Path(names[0]).suffix.lower() in IMAGE_SUFFIXES else names[0]
+    return first if len(names) == 1 else f"{first}-and-{len(names) - 1}-more"
 
 
 def _read_folds(run_dir: Path) -> pd.DataFrame | None:
@@ -675,7 +688,12 @@ def predict_submission(settings: PredictSettings) -> dict:
     if scored is not None:
         auc, n = scored
         print(f"AUC on {settings.answers}: {auc:.4f} ({n:,} of {len(frame):,} tiles)", flush=True)
-    print(f"submit it: python scripts/submit.py {shlex.quote(str(out))} -m \"...\"", flush=True)
+    if len(frame) == comp.N_TEST:
+        print(f"submit it: python scripts/submit.py {shlex.quote(str(out))} -m \"...\"",
+              flush=True)
+    else:  # a sample (the demo's) or a test set of one's own: Kaggle would refuse it
+        print(f"not the competition's test set ({len(frame):,} of {comp.N_TEST:,} tiles): "
+              "nothing to submit to Kaggle", flush=True)
     return record
 
 
@@ -771,26 +789,6 @@ def probability_table(names, probs: np.ndarray, classes: Sequence[str],
     return table
 
 
-def list_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Image files named, or found under folders named (recursively, sorted;
-    hidden files and non-images skipped)."""
-    from pcam.images import is_hidden, is_image_name
-
-    found = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)
-                            and not any(is_hidden(part) for part in p.relative_to(path).parts))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise PcamError(f"--images {path}: no such file or folder")
-    if not found:
-        raise PcamError(f"--images {' '.join(map(str, paths))}: no image files there "
-                        "(TIFF, PNG, JPEG or BMP)")
-    return found
-
-
 def labelled_images(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
     """Images of a labelled class-folder set (``DIR/<class>/<image>``) and
     their label indices in the run's ``classes``."""
@@ -832,7 +830,11 @@ def predict_images(settings: PredictSettings) -> dict:
         paths, labels = labelled_images(Path(settings.answers), classes)
     else:
         paths = list_images(settings.images)
-    out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}.csv")
+    # Named after what was predicted: other images never overwrite it; scored
+    # answers (a label column and a report) never overwrite plain predictions.
+    what = (inputs_name([settings.answers]) + "-scored" if settings.answers
+            else inputs_name(settings.images))
+    out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}-{what}.csv")
     _writable(out)
     decoded, bad = [], []
     for path in paths:
@@ -868,7 +870,7 @@ def predict_folder_test(settings: PredictSettings) -> dict:
     """Class-folder runs' test/ images (their test stores) -> CSV of class probabilities."""
     start = time.perf_counter()
     members = load_members(settings)
-    out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}.csv")
+    out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}-test.csv")
     _writable(out)
     views = TTA_VIEWS[settings.tta]
     print(_ensemble_line(members, views, settings.average), flush=True)

@@ -243,7 +243,8 @@ def _reason(err: Exception) -> str:
 
 def download(competition: str = comp.NAME, data_dir: str | Path = "data", *, force: bool = False,
              store: DataSettings | None = DataSettings(), keep_zip: bool = False,
-             expected_counts: dict[str, tuple[int, int]] = EXPECTED_COUNTS) -> Path:
+             expected_counts: dict[str, tuple[int, int]] = EXPECTED_COUNTS,
+             mounted: Path | None = None) -> Path:
     """Download a competition's data into ``data_dir/competition`` and build its tile store.
 
     Steps: credentials; the client's ``competition_download_files`` into
@@ -259,6 +260,9 @@ def download(competition: str = comp.NAME, data_dir: str | Path = "data", *, for
         store: settings of the tile store to build (``data_dir`` is set to
             the competition folder); None skips the store.
         expected_counts: (train, test) tile counts by competition name.
+        mounted: the competition as a Kaggle notebook mounts it, read-only
+            (``pcam.places.kaggle_competition``): used where it is when
+            ``data_dir/competition`` does not exist; nothing is downloaded.
 
     Returns:
         The competition folder.
@@ -267,6 +271,12 @@ def download(competition: str = comp.NAME, data_dir: str | Path = "data", *, for
     dest = data_dir / competition
     zip_path = data_dir / f"{competition}.zip"
     expected = expected_counts.get(competition)
+    if mounted is not None and not dest.exists():
+        print(f"the competition is mounted at {mounted} (a Kaggle notebook): nothing to "
+              "download; training and prediction find it there", flush=True)
+        # Kaggle's own copy, whole by construction: the counts check is for
+        # downloads and extractions that may have stopped short.
+        dest, force, expected = Path(mounted), False, None
     settings = dataclasses.replace(store, data_dir=str(dest)) if store is not None else None
 
     if dest.exists() and not force:

@@ -30,6 +30,11 @@ from pcam.errors import PcamError
 from pcam.task import output_units
 
 DEFAULT_BACKBONE = "resnet50"
+# Backbones trained on PCam that ship inside the package (``--weights pcam``):
+# cpu-cnn trained by the CPU recipe on 18,000 real PCam tiles (CC0), made by
+# tools/make_pcam_backbone.py, whose record sits beside the file.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED = {"cpu-cnn": WEIGHTS_DIR / "cpu-cnn-pcam.weights.h5"}
 # simple-cnn's design size: 3 stride-2 convolutions take 96 px to a 12x12 map
 # whose cells each see ~31 px. Any size works; this is its registry native size.
 SIMPLE_CNN_SIZE = 96
@@ -413,9 +418,24 @@ def backbone_of(model: keras.Model) -> Backbone | None:
     return next((b for b in BACKBONES.values() if model_name(b.name) == model.name), None)
 
 
+def shipped_weights(backbone: str) -> Path:
+    """The PCam-trained weights of ``backbone`` shipped in the package (``--weights pcam``).
+
+    Raises:
+        PcamError: pcam ships none for this backbone.
+    """
+    if backbone not in SHIPPED:
+        raise PcamError(f"--weights pcam: pcam ships a PCam-trained backbone for "
+                        f"{', '.join(SHIPPED)} only, not {backbone}; pass --weights imagenet, "
+                        "none or a file")
+    return SHIPPED[backbone]
+
+
 def _build_backbone(spec: Backbone, image_size: int, weights) -> keras.Model:
     shape = (image_size, image_size, 3)
     imagenet = weights == "imagenet" and spec.pretrained
+    if weights == "pcam":
+        weights = shipped_weights(spec.name)
     path = None if weights in (None, "none", "imagenet") else Path(weights)
     if path is not None and not path.is_file():
         raise PcamError(f"backbone weights file not found: {path}")

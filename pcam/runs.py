@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from pcam import places
 from pcam.errors import PcamError
 from pcam.io import atomic_write_text, read_csv_log
 from pcam.settings import RunSettings, from_json
@@ -35,8 +36,10 @@ LEGACY_REGION = 32
 
 
 def load_run(run: str | Path) -> tuple[Path, RunSettings]:
-    """The run folder and the settings it was trained with (its config.json)."""
-    run_dir = Path(run)
+    """The run folder and the settings it was trained with (its config.json).
+
+    ``latest`` (or ``RUNS_DIR/latest``) is the last run trained (``pcam.places``)."""
+    run_dir = places.resolve_run(run)
     config = run_dir / "config.json"
     if not config.is_file():
         hint = ""

@@ -93,7 +93,9 @@ class DataSettings:
            "they all share one square size; otherwise required: images are centre-cropped "
            "to a square and resized)")
     store_dir: str = _opt(
-        "", "where the tile store lives (default: the competition folder's store/)")
+        "", "where the tile store lives (default: stores/NAME-HASH in the working folder, "
+            "never inside the images; a store an earlier pcam made in DIR/store is used "
+            "where it is)")
     skip_bad: bool = _opt(
         False, "leave unreadable or malformed tiles out (their list is written "
                "beside the store) instead of stopping")
@@ -111,7 +113,9 @@ class DataSettings:
 
     @property
     def store_path(self) -> Path:
-        return Path(self.store_dir) if self.store_dir else Path(self.data_dir) / "store"
+        from pcam.places import default_store
+
+        return Path(self.store_dir) if self.store_dir else default_store(self.data_dir)
 
 
 @dataclass(frozen=True)
@@ -243,7 +247,9 @@ class ModelSettings:
                               "the model (0: with ImageNet weights, the tiles fed upsampled 2x "
                               "up to the backbone's native size, e.g. PCam's 96 px to 192; "
                               "from random weights, the size of the tiles fed)")
-    weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, a weights "
+    weights: str = _opt("imagenet", "initial backbone weights: imagenet, none, pcam (cpu-cnn "
+                                    "trained on PCam, shipped with pcam: a histology start "
+                                    "without a download), a weights "
                                     "file, or a pcam model of the same backbone (a run's "
                                     "fold_K/best.keras: its backbone is copied, e.g. cpu-cnn "
                                     "trained on PCam); simple-cnn, cpu-cnn and coatnet-0 have "
@@ -323,7 +329,15 @@ class DeviceSettings:
 class RunSettings:
     """Everything one training run needs; saved as ``config.json`` in the run."""
 
-    run: str = _opt("", "run name: results go to RUNS_DIR/RUN (default: a timestamp)")
+    recipe: str = _opt("auto", "the defaults to train with: gpu (ResNet50 from ImageNet "
+                               "weights, the settings below), cpu (cpu-cnn: from the shipped "
+                               "PCam backbone for class folders, 128 px, 60 epochs, batch 16, "
+                               "no colour jitter; from scratch, 30 epochs for the competition), "
+                               "or auto (gpu when a GPU or TPU is found, else cpu); options "
+                               "given on the command line always win",
+                       choices=("auto", "gpu", "cpu"))
+    run: str = _opt("", "run name: results go to RUNS_DIR/RUN (default: the data folder's "
+                        "name and the date; RUNS_DIR/latest names the last run)")
     runs_dir: str = _opt("runs", "folder that holds the runs")
     fold: int = _opt(-1, "train only this fold (to spread folds over machines; -1: all)")
     report: bool = _opt(True, "write the evaluation report (RUN/report/index.html, see "
@@ -368,9 +382,11 @@ class PredictSettings:
                               "gradients, so that fits wherever training fitted)")
     data_dir: str = _opt("", "competition folder (default: the run's, from its config.json)")
     store_dir: str = _opt("", "tile store folder (default: the run's; with --data-dir, "
-                              "that folder's store/)")
+                              "that folder's own, under stores/)")
     out: str = _opt("", "CSV to write (default: submissions/RUN.csv for a Kaggle run, "
-                        "predictions/RUN.csv for images; its settings go beside it as .json)")
+                        "predictions/RUN-WHAT.csv for images, WHAT naming the folder or "
+                        "file predicted, so that other images never overwrite it; its "
+                        "settings go beside it as .json)")
     answers: str = _opt("", "the answers, to score the predictions: a CSV of id,label for "
                             "a Kaggle test set (prints the AUC), or a labelled class-folder "
                             "set DIR/<class>/<image> (predicts its images, writes the report)")
@@ -432,15 +448,15 @@ class ExplainSettings:
     fold: int = _opt(-1, "the run's fold whose best model explains (-1: the first finished "
                          "fold)")
     ids: tuple = _opt((), "tile ids to explain, looked up in the tile stores (train, then test)")
-    images: tuple = _opt((), "image files to explain: TIFF, PNG or JPEG tiles of the size "
-                             "the model takes")
+    images: tuple = _opt((), "image files or folders to explain (TIFF, PNG, JPEG: made "
+                             "into tiles as the run's store made them)")
     target: str = _opt("", "whose evidence the heat map shows: a class name of the run, or "
                            "predicted (each tile's own answer); default: the positive class "
                            "of a two-class run, else predicted")
     data_dir: str = _opt("", "competition folder whose stores hold the ids (default: the "
                              "run's)")
     store_dir: str = _opt("", "tile store folder (default: the run's; with --data-dir, that "
-                              "folder's store/)")
+                              "folder's own, under stores/)")
     out: str = _opt("", "folder for the pictures (default: RUN/explain/fold_K, or explain/ "
                         "beside --model)")
 

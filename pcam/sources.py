@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pcam import competition, images
+from pcam import competition, images, places
 from pcam.competition import Split
 from pcam.errors import PcamError
 from pcam.settings import DataSettings
@@ -76,8 +76,10 @@ def read_source(data: DataSettings) -> Source:
     root = Path(data.data_dir)
     if not root.is_dir():
         what = "a file, not a folder" if root.exists() else "no such folder"
-        raise PcamError(f"--data-dir {root}: {what}; give the folder that holds the images "
-                        "(a Kaggle competition folder, or one folder per class)")
+        raise PcamError(f"--data-dir {root}: {what}; give the folder that holds your images "
+                        "(one folder per class, or the competition's), or try the bundled "
+                        "demo (python scripts/train.py --demo), or download the competition "
+                        "(python scripts/download.py)")
     kind = data.source if data.source != "auto" else detect(root)
     return _kaggle(root, data) if kind == "kaggle" else _folders(root, data)
 
@@ -111,9 +113,11 @@ def _kaggle(root: Path, data: DataSettings) -> Source:
 # --- class folders ------------------------------------------------------------------
 
 def subfolders(path: Path) -> list[str]:
-    """Names of the folders in ``path`` that are not hidden, sorted (the class names)."""
+    """Names of the folders in ``path`` that are not hidden and not a pcam tile
+    store (an earlier pcam wrote ``DATA_DIR/store/``), sorted: the class names."""
     with os.scandir(path) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not images.is_hidden(e.name))
+        return sorted(e.name for e in entries if e.is_dir() and not images.is_hidden(e.name)
+                      and not places.is_store(Path(e.path)))
 
 
 def images_under(folder: Path) -> tuple[list[str], list[str]]:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,8 +251,8 @@ def refuse_tile_folder(store: Path, tile_dir: Path) -> None:
     store, tiles = Path(store).resolve(), Path(tile_dir).resolve()
     if store == tiles or store in tiles.parents:
         raise PcamError(f"--store-dir {store} is or contains the image folder {tiles}; "
-                        "choose a folder of its own for the tile store (default: the "
-                        "data folder's store/)")
+                        "choose a folder of its own for the tile store (default: one "
+                        "under stores/ in the working folder)")
 
 
 def _remove_leftovers(out: Path, fp: str) -> None:
@@ -293,6 +294,7 @@ def _build_store(split: Split, source: Source, out: Path, settings: DataSettings
     todo = [i for i, name in enumerate(names) if not (out / name).is_file()]
     if len(todo) < len(chunks):
         say(f"{split.name}: resuming, {len(chunks) - len(todo)} of {len(chunks)} shards already done")
+    _check_space(out, sum(len(chunks[i]) for i in todo), source.tile_size, split.name)
     bad = _ingest(split, source, out, chunks, names, todo, settings)
     # Tiles of finished shards were checked when those shards were written; what
     # they left out is recorded in their sidecar lists.
@@ -306,6 +308,18 @@ def _build_store(split: Split, source: Source, out: Path, settings: DataSettings
             + f". Replace or remove them, or pass --skip-bad to leave them out "
             f"(full list: {out / 'bad_tiles.csv'})")
     return _finish(split, source, out, chunks, names, fp, bad, say)
+
+
+def _check_space(out: Path, tiles: int, tile_size: int, split: str) -> None:
+    """Refuse, before any work, a store that the disk cannot hold: raw uint8 tiles
+    plus ~160 bytes of id, label and framing each (the competition's train
+    store: 6.1 GB, in a Kaggle notebook's 20 GB /kaggle/working)."""
+    need = tiles * (tile_size * tile_size * 3 + 160)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise PcamError(f"the {split} tile store needs about {need / 1e9:.1f} GB in {out}, "
+                        f"which has {free / 1e9:.1f} GB free; free space there or choose "
+                        "--store-dir on a larger disk")
 
 
 def _ingest(split, source, out, chunks, names, todo, settings) -> dict[int, list]:

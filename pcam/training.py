@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import math
 import sys
@@ -34,7 +33,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pcam import __version__, checkpoints, distribute, locks, metrics, runs, task
+from pcam import __version__, checkpoints, distribute, locks, metrics, places, runs, task
 from pcam.augment import on_model
 from pcam.errors import PcamError
 from pcam.evaluate import evaluate
@@ -47,12 +46,13 @@ from pcam.pipeline import eval_dataset, train_dataset
 from pcam.runs import ModelInfo, load_fold_model
 from pcam.settings import (DataSettings, EvaluateSettings, RunSettings, TrainSettings, from_json,
                            to_dict, to_json)
-from pcam.sources import read_source
+from pcam.preflight import check_crop, check_run, small_data_warning
+from pcam.sources import Source, read_source
 from pcam.store import Store, is_current, open_store, prepare
 
 # Settings that may differ when a run is resumed: where things are, which
 # devices run it, whether it ends with a report. Anything else changes what is trained, so it needs a new run.
-RESUMABLE = {"run", "runs_dir", "fold", "report", "data", "device"}
+RESUMABLE = {"recipe", "run", "runs_dir", "fold", "report", "data", "device"}
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,8 @@ def phases(train: TrainSettings) -> list[Phase]:
             Phase(finetune, train.unfreeze or True, train.lr_finetune, train.epochs_finetune)]
 
 
-def default_run_name() -> str:
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None) -> dict | None:
+def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
+           source: Source | None = None) -> dict | None:
     """Train the folds of a run (all, or ``settings.fold``), then summarise and,
     once every fold is finished, write the evaluation report (``RUN/report/``).
 
@@ -90,15 +87,15 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None) -> dict | N
             holds them, instead of assigning new ones: a comparison
             (``pcam.compare``) hands every backbone's run the same folds. A
             run started earlier keeps its own ``folds.csv``.
+        source: the source as ``pcam.preflight.check_run`` scanned and checked
+            it (the command does that before TensorFlow loads); None: scan it here.
 
     Returns:
         The CV summary once every fold is finished, else None.
     """
     if not settings.run:
-        settings = dataclasses.replace(settings, run=default_run_name())
+        settings = dataclasses.replace(settings, run=places.default_run_name(settings.data.data_dir))
     k_all = settings.folds.folds
-    if settings.fold != -1 and not 0 <= settings.fold < k_all:
-        raise PcamError(f"--fold {settings.fold}: folds are numbered 0 to {k_all - 1}")
     # The strategy comes first: a multi-worker strategy must exist before any
     # other TensorFlow op runs.
     distribute.configure(settings.device, settings.folds.seed)
@@ -108,15 +105,9 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None) -> dict | N
     if distribute.is_multi_worker(strategy):
         store = _built_store(settings.data)
     else:
-        source = read_source(settings.data)
-        # Folds that cannot be made (a class or a group count below --folds, a
-        # pattern that matches nothing) are found before minutes of ingest.
-        listing = pd.DataFrame({"id": source.train.ids, "label": source.train.labels})
-        assign_folds(subset(listing, settings.folds.max_tiles, settings.folds.seed),
-                     settings.folds, source.classes)
-        _check_crop(settings, source.tile_size)
+        source = source or check_run(settings)
         store = prepare(settings.data, splits=("train",), source=source)["train"]
-    _check_crop(settings, store.tile_size)
+    check_crop(settings, store.tile_size)
     settings = resolve(settings, store)
     # Locks (pcam.locks), taken by the chief only: other workers write nothing
     # of the run. The run's own lock is held briefly (settings and folds, then
@@ -127,6 +118,7 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None) -> dict | N
         with _run_lock(run_dir):
             folds = _check_or_write_config(settings, run_dir, store, folds)
             remove_stale_temporaries(run_dir)
+        places.mark_latest(run_dir)
     elif folds is None:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds, store.classes)
@@ -156,21 +148,18 @@ def resolve(settings: RunSettings, store: Store) -> RunSettings:
     positive class, tile size) and the backbone's input size made explicit
     (0: ``pcam.models.default_image_size``): what the run's config.json keeps, so that
     every later step reads them from there."""
+    # The store's folder is recorded as a full path: a later command, started
+    # from another folder, finds the same store (the default is relative to the
+    # working folder, pcam.places.default_store).
     data = dataclasses.replace(settings.data, source=store.manifest["kind"],
                                classes=store.classes, positive=store.manifest["positive"],
-                               tile_size=store.tile_size)
+                               tile_size=store.tile_size,
+                               store_dir=str(Path(store.path).parent.resolve()))
     fed = settings.augment.centre_crop or store.tile_size
     m = settings.model
     model = dataclasses.replace(
         m, image_size=m.image_size or default_image_size(m.backbone, fed, m.weights))
     return dataclasses.replace(settings, data=data, model=model)
-
-
-def _check_crop(settings: RunSettings, tile_size: int) -> None:
-    crop = settings.augment.centre_crop
-    if crop > tile_size:
-        raise PcamError(f"--centre-crop {crop} is larger than the tiles ({tile_size}x"
-                        f"{tile_size}); give at most {tile_size}, or 0 for the whole tile")
 
 
 def _built_store(data: DataSettings) -> Store:
@@ -332,6 +321,9 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     steps = max(1, len(train_pos) // inputs.batch_size)
     print(f"fold {k}: {len(train_pos):,} train / {len(val_pos):,} validation tiles, "
           f"{replicas} replica(s), global batch {inputs.batch_size}", flush=True)
+    warning = small_data_warning(len(train_pos), inputs.batch_size)
+    if warning:
+        print(warning, flush=True)
 
     m = settings.model
     with strategy.scope():

@@ -31,6 +31,13 @@ def make_layout(dest: Path, train: int, test: int, seed: int = 0, zip_path: Path
     return dest
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Each test runs in a folder of its own, as a user runs pcam in theirs: the
+    default outputs (stores/, runs/, predictions/) never land in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def layout_cache(tmp_path_factory):
     """300 train + 100 test real tiles, laid out once per session; copy before changing."""

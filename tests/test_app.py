@@ -37,12 +37,13 @@ def run(tmp_path_factory):
 
 
 def library_probs(run: Path, blobs: list[bytes]) -> np.ndarray:
-    """p(positive) of each upload by pcam's library, as scripts/predict.py computes it."""
-    from pcam.inference import as_tiles, load_ensemble, predict_tiles
+    """p(positive) of each upload by pcam's library, as scripts/predict.py computes it
+    by default (8 views: the app's default too)."""
+    from pcam.inference import TTA_VIEWS, as_tiles, load_ensemble, predict_tiles
 
     ensemble = load_ensemble(run, [0])
     images = [decode_bytes(b)[0] for b in blobs]
-    return predict_tiles(ensemble, as_tiles(images, ensemble[0][1].tile_size), (0,))
+    return predict_tiles(ensemble, as_tiles(images, ensemble[0][1].tile_size), TTA_VIEWS[8])
 
 
 def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):

@@ -6,6 +6,7 @@ import zipfile
 import pandas as pd
 
 from pcam import demo
+from pcam.settings import DataSettings
 
 from conftest import REPO
 
@@ -23,8 +24,10 @@ def test_prepare_demo_unpacks_checks_and_ingests(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     data = tmp_path / "data" / "pcam-demo"
-    train = pd.read_csv(data / "store" / "train" / "index.csv")
-    test = pd.read_csv(data / "store" / "test" / "index.csv", dtype={"id": str})
+    store = DataSettings(data_dir=str(data)).store_path
+    assert not (data / "store").exists() and store.parts[0] == "stores"  # not among the images
+    train = pd.read_csv(store / "train" / "index.csv")
+    test = pd.read_csv(store / "test" / "index.csv", dtype={"id": str})
     assert len(train) == 1200 and train["label"].mean() == 0.5
     answers = pd.read_csv(demo.ANSWERS, dtype={"id": str})
     assert list(test["id"]) == list(answers["id"])

@@ -92,8 +92,9 @@ def test_download_end_to_end_then_a_second_run_does_nothing(fake_kaggle, layout_
         assert (dest / csv).read_bytes() == (folder / csv).read_bytes()
     assert not (data / f"{NAME}.zip").exists() and leftovers(data) == []
     from pcam.store import open_store
-    assert open_store(dest / "store" / "train").n_tiles == N_TRAIN
-    assert open_store(dest / "store" / "test").n_tiles == N_TEST
+    store = DataSettings(data_dir=str(dest)).store_path
+    assert open_store(store / "train").n_tiles == N_TRAIN
+    assert open_store(store / "test").n_tiles == N_TEST
     api, get = fake_kaggle.seen("POST"), fake_kaggle.seen("GET")
     assert [r.path for r in api] == ["/v1/competitions.CompetitionApiService/DownloadDataFiles"]
     assert api[0].body == {"competitionName": NAME} and api[0].status == 302

@@ -7,6 +7,7 @@ looks complete.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,8 +107,8 @@ def test_bad_input_is_named_and_nothing_half_written(layout, damage):
     assert "Traceback" not in result.stderr
     assert expected in result.stderr
     assert any(line.startswith("error: ") for line in result.stderr.splitlines())
-    assert not (layout / "store" / "train" / "manifest.json").exists()
-    leftovers = list((layout / "store").rglob(".*tmp*")) if (layout / "store").exists() else []
+    assert not (store_of(layout) / "train" / "manifest.json").exists()
+    leftovers = list((store_of(layout)).rglob(".*tmp*")) if (store_of(layout)).exists() else []
     assert leftovers == []
 
 
@@ -176,7 +177,7 @@ def test_interrupted_ingest_resumes_with_finished_shards(layout, capsys):
     truncated(layout)                                   # shard 0 cannot be finished...
     with pytest.raises(PcamError):
         prepare(settings, splits=("train",))
-    out = layout / "store" / "train"
+    out = store_of(layout) / "train"
     done = sorted(p.name for p in out.glob("*.tfrecord"))
     assert len(done) == 2 and not (out / "manifest.json").exists()
     mtimes = {name: (out / name).stat().st_mtime_ns for name in done}
@@ -194,9 +195,9 @@ def test_skip_bad_leaves_tiles_out(layout):
     expected = rgba_tile(layout)
     result = run_prepare(layout, "--skip-bad")
     assert result.returncode == 0, result.stderr
-    manifest = json.loads((layout / "store" / "train" / "manifest.json").read_text())
+    manifest = json.loads((store_of(layout) / "train" / "manifest.json").read_text())
     assert manifest["n_tiles"] == 299 and manifest["bad_tiles"] == 1
-    assert expected in (layout / "store" / "train" / "bad_tiles.csv").read_text()
+    assert expected in (store_of(layout) / "train" / "bad_tiles.csv").read_text()
 
 
 def test_open_store_without_manifest_says_what_to_do(tmp_path):
@@ -215,6 +216,11 @@ def test_store_in_a_tile_folder_is_refused_and_touches_nothing(layout, where):
     assert (layout / "train" / ".user-notes").read_text() == "mine"
 
 
+def store_of(data) -> Path:
+    """Where the stores of ``data`` go by default (outside it: pcam.places)."""
+    return DataSettings(data_dir=str(data)).store_path
+
+
 def dead_pid() -> int:
     process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                              capture_output=True, text=True, check=True)
@@ -222,7 +228,7 @@ def dead_pid() -> int:
 
 
 def test_clean_up_deletes_only_dead_processes_temporaries(layout):
-    out = layout / "store" / "train"
+    out = store_of(layout) / "train"
     out.mkdir(parents=True)
     keep = {".user-notes": "mine", ".index.csv.tmp-1": "pid 1 is alive",
             "notes.txt": "mine too"}

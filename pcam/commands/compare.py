@@ -16,16 +16,14 @@ the paired difference from the best backbone; ROC curves, recall bars and
 validation curves. Run the same command again to resume: finished backbones
 and folds are skipped.
 """
-import argparse
 
-from pcam.cli import add_settings, command, settings_from_args
+from pcam.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import CompareSettings
 
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="compare.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("compare.py", __doc__)
     # The runs are named after their backbones and each writes its own report;
     # --backbones replaces --backbone.
     add_settings(parser, CompareSettings, "compare", skip=("run", "report", "backbone"))

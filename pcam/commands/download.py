@@ -8,18 +8,16 @@ from https://www.kaggle.com/settings/api) and the competition's rules accepted
 in a browser. A run with everything in place does nothing; an interrupted
 download resumes where it stopped.
 """
-import argparse
 from pathlib import Path
 
-from pcam import competition
-from pcam.cli import add_settings, command, settings_from_args
+from pcam import competition, places
+from pcam.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import DataSettings
 
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="download.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("download.py", __doc__)
     parser.add_argument("--competition", default=competition.NAME,
                         help=f"competition name, as in its address (default: {competition.NAME})")
     parser.add_argument("--data-dir", default="data",
@@ -37,4 +35,7 @@ def main(argv=None):
 
     from pcam.kaggle_api import download  # after parsing: --help answers at once
 
-    download(args.competition, args.data_dir, force=args.force, store=store, keep_zip=args.keep_zip)
+    # In a Kaggle notebook the competition is already there, read-only.
+    default = args.data_dir == "data" and args.competition == competition.NAME
+    download(args.competition, args.data_dir, force=args.force, store=store,
+             keep_zip=args.keep_zip, mounted=places.kaggle_competition() if default else None)

@@ -14,16 +14,14 @@ galleries of the most confident false positives and negatives.
 Writes RUN/report/index.html (opens offline, from the file system), its PNGs
 and metrics.json. Training writes this report by itself when a run finishes.
 """
-import argparse
 
-from pcam.cli import add_settings, command, settings_from_args
+from pcam.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import EvaluateSettings
 
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("evaluate.py", __doc__)
     add_settings(parser, EvaluateSettings, "evaluation")
     args = parser.parse_args(argv)
 

@@ -13,21 +13,19 @@ scaled to each tile's strongest evidence. Also explanations.csv (probability
 and the heat map's peak per tile) and index.html with every picture.
 Written to RUN/explain/fold_K/ (or explain/ beside --model; see --out).
 """
-import argparse
 
-from pcam.cli import add_settings, command, settings_from_args
+from pcam.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import ExplainSettings
 
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="explain.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("explain.py", __doc__)
     add_settings(parser, ExplainSettings, "explanation", skip=("ids", "images"))
     tiles = parser.add_argument_group("tiles", "what to explain (one or both)")
     tiles.add_argument("--ids", nargs="+", default=(), metavar="ID",
                        help="tile ids, looked up in the tile stores (train, then test)")
-    tiles.add_argument("--images", nargs="+", default=(), metavar="FILE",
+    tiles.add_argument("--images", nargs="+", default=(), metavar="PATH",
                        help="tile image files: TIFF, PNG or JPEG, the size the model takes")
     args = parser.parse_args(argv)
     settings = settings_from_args(ExplainSettings, args, ids=tuple(args.ids),

@@ -10,17 +10,15 @@ the image; K classes: the most likely class per region, with a legend. Per
 image, OUT/NAME-heatmap.png (image | map) and OUT/NAME-heatmap.csv (one row
 per window: y, x, predicted, one probability per class).
 """
-import argparse
 
-from pcam.cli import add_settings, command, settings_from_args
+from pcam.cli import add_settings, command, new_parser, settings_from_args
 from pcam.commands.predict import parse_folds
 from pcam.settings import HeatmapSettings
 
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="heatmap.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("heatmap.py", __doc__)
     add_settings(parser, HeatmapSettings, "heat map", skip=("folds", "images"))
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files larger than the run's tile")

@@ -17,7 +17,7 @@ Submit it with scripts/submit.py, or the kaggle command it prints.
 """
 import argparse
 
-from pcam.cli import add_settings, command, settings_from_args
+from pcam.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import PredictSettings
 
 
@@ -37,8 +37,7 @@ def parse_folds(text: str) -> tuple[int, ...]:
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("predict.py", __doc__)
     add_settings(parser, PredictSettings, "prediction", skip=("run", "folds", "images"))
     # Repeated (--run A --run B) or listed (--run A B), as --images lists its paths;
     # no commas: a folder name may hold one.

@@ -7,19 +7,18 @@ Training and prediction build the stores themselves the first time they need
 them; run this to do that step on its own (for example before a long job).
 A store that is up to date is reused in well under a second.
 """
-import argparse
 
-from pcam.cli import add_settings, command, settings_from_args
+from pcam.cli import add_settings, command, machine_defaults, new_parser, settings_from_args
 from pcam.settings import DataSettings
 
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="prepare.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("prepare.py", __doc__)
     parser.add_argument("--demo", action="store_true",
                         help="unpack the bundled sample of real PCam tiles and use it as DATA_DIR")
     add_settings(parser, DataSettings, "data")
+    machine_defaults(parser, argv, recipe=False)  # a Kaggle notebook's mounted competition
     args = parser.parse_args(argv)
 
     from pcam import demo

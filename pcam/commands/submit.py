@@ -9,17 +9,15 @@ id,label and finite probabilities in [0, 1]. The equivalent
 `kaggle competitions submit ...` command is printed too. Needs Kaggle
 credentials and the competition's rules accepted, as scripts/download.py does.
 """
-import argparse
 
 from pcam import competition
-from pcam.cli import command
+from pcam.cli import command, new_parser
 from pcam.settings import DataSettings
 
 
 @command
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="submit.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("submit.py", __doc__)
     parser.add_argument("submission", help="the submission CSV (id,label)")
     parser.add_argument("-m", "--message", required=True,
                         help="the submission's description on Kaggle")

@@ -1,0 +1,126 @@
+"""Where pcam puts what it makes when the user does not say: never among their images.
+
+A user's image folder is not ours to write. It may be read-only (Kaggle
+notebooks mount the competition under ``/kaggle/input``; lab NAS shares),
+and a ``store/`` inside a class-folder dataset is taken for a class by the
+next scan and by the user's other tools (Keras' ``image_dataset_from_directory``).
+So a tile store goes, by default, to ``stores/<folder>-<hash>/`` in the
+working folder, beside ``runs/``, ``submissions/`` and ``predictions/``,
+keyed by the source folder's absolute path (the store's own fingerprint
+then says whether the files changed). A store that an earlier pcam wrote
+inside the data folder is recognised by its manifest, used where it is,
+and never scanned as a class.
+
+``runs/latest`` names the last run trained, so that the next command can
+say ``--run latest``.
+
+Nothing here imports TensorFlow or any other pcam module but ``errors``.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from pcam.errors import PcamError
+
+STORES = Path("stores")
+LEGACY_STORE = "store"  # DATA_DIR/store/, where pcam 0.1 put every store
+LATEST = "latest"
+# Kaggle notebooks: the competition is mounted read-only here, and only
+# /kaggle/working (20 GB) is writable; the notebook's working folder is it.
+KAGGLE_INPUT = Path("/kaggle/input")
+COMPETITION = "histopathologic-cancer-detection"
+
+
+def default_store(data_dir: str | Path) -> Path:
+    """The store folder of the source ``data_dir`` when ``--store-dir`` is not given:
+    an earlier pcam's ``DATA_DIR/store`` when one is there, else
+    ``stores/<name>-<hash of the absolute path>`` in the working folder."""
+    legacy = Path(data_dir) / LEGACY_STORE
+    if is_store(legacy):
+        return legacy
+    absolute = Path(os.path.abspath(data_dir))
+    key = hashlib.sha1(str(absolute).encode()).hexdigest()[:8]
+    name = _slug(absolute.name) or "data"
+    return STORES / f"{name}-{key}"
+
+
+def is_store(folder: Path) -> bool:
+    """Whether ``folder`` is a pcam tile store (or a folder of them: ``train/``,
+    ``test/``), recognised by a manifest with shards: never a folder of images."""
+    folder = Path(folder)
+    return any(_is_manifest(folder / part / "manifest.json") for part in ("", "train", "test"))
+
+
+def _is_manifest(path: Path) -> bool:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and "shards" in found and "fingerprint" in found
+
+
+def kaggle_competition(input_root: Path | None = None) -> Path | None:
+    """The competition's folder as a Kaggle notebook mounts it
+    (``/kaggle/input/histopathologic-cancer-detection``), or None elsewhere.
+
+    Args:
+        input_root: where inputs are mounted (None: ``KAGGLE_INPUT``).
+    """
+    candidate = Path(input_root or KAGGLE_INPUT) / COMPETITION
+    return candidate if (candidate / "train_labels.csv").is_file() else None
+
+
+def default_run_name(data_dir: str | Path = "") -> str:
+    """The data folder's name and the time, e.g. ``oral-oscc-20261207-143205``: a
+    name a user recognises in runs/ (``runs/latest`` names the last one)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = _slug(Path(os.path.abspath(data_dir)).name) if data_dir else ""
+    return f"{name}-{stamp}" if name else stamp
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+
+
+def mark_latest(run_dir: Path) -> None:
+    """Make ``RUNS_DIR/latest`` name ``run_dir`` (a symbolic link, replaced atomically)."""
+    run_dir = Path(run_dir)
+    link = run_dir.parent / LATEST
+    if run_dir.name == LATEST:
+        return
+    tmp = link.with_name(f".{LATEST}.tmp-{os.getpid()}")
+    try:
+        if os.path.lexists(tmp):
+            tmp.unlink()
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        if link.exists() and not link.is_symlink():
+            tmp.unlink()  # a real folder called latest is the user's: leave it
+            return
+        os.replace(tmp, link)
+    except OSError:
+        # A file system without symbolic links (some network shares): the
+        # last run is then named by the command's last line only.
+        if os.path.lexists(tmp):
+            tmp.unlink()
+
+
+def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """``run`` as a run folder: ``latest`` (or ``RUNS_DIR/latest``) is followed to
+    the run it names; anything else is returned as given.
+
+    Raises:
+        PcamError: ``latest`` asked for and no run trained yet.
+    """
+    path = Path(runs_dir) / LATEST if str(run) == LATEST else Path(run)
+    if path.name != LATEST or not path.is_symlink() and str(run) != LATEST:
+        return path
+    if not path.exists():
+        raise PcamError(f"--run {run}: no run has been trained here yet ({path} is missing); "
+                        "train one with python scripts/train.py --demo, or --data-dir "
+                        "YOUR_FOLDERS")
+    return path.parent / os.readlink(path)
