@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from pcam.errors import PcamError
@@ -107,6 +108,46 @@ def mark_latest(run_dir: Path) -> None:
         # last run is then named by the command's last line only.
         if os.path.lexists(tmp):
             tmp.unlink()
+
+
+def writable_run(run_dir: Path, runs_dir: Path) -> Path:
+    """``run_dir``, or, when it is a finished or started run in a folder that cannot be
+    written (a Kaggle notebook's input from an earlier session), a copy of it at
+    ``runs_dir/NAME`` to resume there (made once; an existing copy is used).
+
+    Raises:
+        PcamError: the copy's place is taken by another run, or is ``run_dir`` itself.
+    """
+    run_dir, runs_dir = Path(run_dir), Path(runs_dir)
+    if not (run_dir / "config.json").is_file() or _writable(run_dir):
+        return run_dir
+    copy = runs_dir / run_dir.name
+    if copy.resolve() == run_dir.resolve():
+        return run_dir  # nowhere else to go: training says it cannot write there
+    if (copy / "config.json").is_file():
+        print(f"run {run_dir} cannot be written; resuming its copy {copy}", flush=True)
+        return copy
+    if copy.exists():
+        raise PcamError(f"run {run_dir} cannot be written, and {copy}, where it would be "
+                        "copied to resume, is taken; pass --runs-dir with another folder")
+    tmp = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+    shutil.copytree(run_dir, tmp, ignore=shutil.ignore_patterns(".pcam.lock"))
+    os.replace(tmp, copy)
+    print(f"run {run_dir} cannot be written (an input of an earlier session?): copied to "
+          f"{copy}, resumed there", flush=True)
+    return copy
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in ``folder`` (``os.access`` says yes to root on a
+    read-only mount, so try)."""
+    probe = folder / f".pcam-probe-{os.getpid()}"
+    try:
+        probe.touch()
+    except OSError:
+        return False
+    probe.unlink()
+    return True
 
 
 def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:

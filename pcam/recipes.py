@@ -34,7 +34,7 @@ RECIPES = ("auto", "gpu", "cpu")
 # Options (argparse dest names: the settings fields) -> the recipe's value.
 _NO_COLOUR_JITTER = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0,
                      "stain": 0.0}
-CPU_FOLDERS = {"backbone": "cpu-cnn", "weights": "pcam", "tile_size": 128,
+CPU_FOLDERS = {"backbone": "cpu-cnn", "weights": "pcam", "max_tile_size": 128,
                "epochs_frozen": 0, "epochs_finetune": 60, "patience": 60,
                "lr_finetune": 1e-3, "batch_size": 16,
                # On oral-oscc fold 0 colour jitter cost 0.07 AUC (0.817 against

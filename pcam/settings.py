@@ -92,6 +92,10 @@ class DataSettings:
         0, "side of the square tiles the store holds (default: the images' own size when "
            "they all share one square size; otherwise required: images are centre-cropped "
            "to a square and resized)")
+    max_tile_size: int = _opt(
+        0, "with --tile-size 0, images larger than this are resized down to it (0: no "
+           "limit; the CPU recipe: 128, 3x fewer pixels than 224 px images for a CPU to "
+           "learn from)")
     store_dir: str = _opt(
         "", "where the tile store lives (default: stores/NAME-HASH in the working folder, "
             "never inside the images; a store an earlier pcam made in DIR/store is used "
@@ -109,7 +113,8 @@ class DataSettings:
               "competition's train set, enough to split over many workers)")
 
     def __post_init__(self):
-        _check(self, workers=_at_least(0), shard_tiles=_at_least(1), tile_size=_at_least(0))
+        _check(self, workers=_at_least(0), shard_tiles=_at_least(1), tile_size=_at_least(0),
+               max_tile_size=_at_least(0))
 
     @property
     def store_path(self) -> Path:

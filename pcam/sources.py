@@ -166,7 +166,7 @@ def _folders(root: Path, data: DataSettings) -> Source:
         left_out = {str(p) for p, _ in bad}
         splits = [_without(s, left_out) for s in splits]
         train, test = splits[0], (splits[1] if len(splits) > 1 else None)
-    tile_size, size_note = _tile_size(sizes, data.tile_size)
+    tile_size, size_note = _tile_size(sizes, data.tile_size, data.max_tile_size)
     counts = Counter(train.labels)
     for k, c in enumerate(classes):
         if not counts[k]:
@@ -259,15 +259,21 @@ def _without(split: Split, left_out: set[str]) -> Split:
     return replace(split, ids=tuple(i for i, _ in keep), labels=tuple(y for _, y in keep))
 
 
-def _tile_size(sizes: Counter, wanted: int) -> tuple[int, str]:
-    """The store's tile size and a few words on how images become tiles."""
+def _tile_size(sizes: Counter, wanted: int, cap: int = 0) -> tuple[int, str]:
+    """The store's tile size and a few words on how images become tiles.
+
+    ``wanted`` (``--tile-size``) wins; else the images' own size when they
+    share one square size, down to ``cap`` (``--max-tile-size``) when larger;
+    else ``cap`` when given."""
     shown = ", ".join(f"{w}x{h} ({n:,})" for (h, w), n in sizes.most_common(SHOW)) + (
         f", ... ({len(sizes)} sizes)" if len(sizes) > SHOW else "")
     if not wanted:
         if len(sizes) == 1:
             (h, w), = sizes
-            if h == w:
+            if h == w and not (cap and h > cap):
                 return h, f"{w}x{h}"
+        if cap:
+            return _tile_size(sizes, cap)
         raise PcamError(f"the images are not all one square size ({shown}); pass --tile-size N: "
                         "each image is then centre-cropped to a square and resized to NxN")
     if wanted < 8:

@@ -101,6 +101,11 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
     distribute.configure(settings.device, settings.folds.seed)
     strategy = distribute.make_strategy(settings.device.strategy)
     chief = distribute.is_chief(strategy)
+    if chief:  # a run attached read-only (a Kaggle input) resumes in a copy
+        copy = places.writable_run(settings.run_dir, Path(settings.runs_dir))
+        if copy != settings.run_dir:
+            settings = dataclasses.replace(settings, run=copy.name,
+                                           runs_dir=str(copy.parent))
     run_dir = settings.run_dir
     if distribute.is_multi_worker(strategy):
         store = _built_store(settings.data)

@@ -115,7 +115,7 @@ def test_options_given_beat_the_recipe_and_every_value_is_a_settings_field(tmp_p
     settings = parsed(["--data-dir", str(data), "--recipe", "cpu", "--batch-size", "8"])
     assert settings.recipe == "cpu" and settings.inputs.batch_size == 8
     assert (settings.model.backbone, settings.model.weights) == ("cpu-cnn", "pcam")
-    assert settings.data.tile_size == 128 and settings.augment.stain == 0
+    assert settings.data.max_tile_size == 128 and settings.augment.stain == 0
     assert parsed(["--data-dir", str(data), "--recipe", "gpu"]).model.backbone == "resnet50"
     fields = {f for cls in (RunSettings,) for f in _field_names(cls)}
     assert set(recipes.CPU_FOLDERS) <= fields and set(recipes.CPU_KAGGLE) <= fields
@@ -277,6 +277,22 @@ def test_a_kaggle_notebooks_read_only_competition_is_found_and_never_written(
     assert config["data"]["data_dir"] == str(competition)
     assert Path(config["data"]["store_dir"]).is_relative_to(working)
     assert (working / "submissions" / f"{run.name}.csv").is_file()
+
+
+def test_a_read_only_run_resumes_in_a_copy(tmp_path, small_disk):
+    """A run attached read-only (a Kaggle input from an earlier notebook session)."""
+    disk = small_disk(8)
+    run = disk / "earlier" / "r"
+    (run / "fold_0").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "fold_0" / "metrics.json").write_text("{}")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    runs = tmp_path / "runs"
+    copy = places.writable_run(run, runs)
+    assert copy == runs / "r" and listing(copy) == listing(run)
+    (copy / "fold_1").mkdir()  # resumed there; asked again, the copy is kept
+    assert places.writable_run(run, runs) == copy and (copy / "fold_1").is_dir()
+    assert places.writable_run(copy, runs) == copy
 
 
 def _exit(main, argv) -> int:

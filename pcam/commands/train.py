@@ -55,4 +55,6 @@ def main(argv=None):
     if summary is not None:
         from pcam.guide import after_training
 
-        print(after_training(settings.run_dir, source.kind), flush=True)
+        # The run trained (RUNS_DIR/latest): a read-only run resumes in a copy.
+        run = places.resolve_run(places.LATEST, settings.runs_dir)
+        print(after_training(run, source.kind), flush=True)
