@@ -152,12 +152,15 @@ def load(run: str, folds: tuple) -> Loaded:
 
 
 def probabilities(loaded: Loaded, images: list, views: tuple):
-    """Every image's class probabilities, all in one model call per fold."""
-    from pcam.inference import as_tiles, predict_tiles
+    """Every image's answer (``pcam.inference.ImageAnswers``): an image two tiles wide
+    and high or more as the tiles that cover it, as predict.py answers it; all the
+    tiles in one model call per fold."""
+    from pcam.inference import answer_images, images_as_tiles, predict_tiles
 
     info = loaded.info
-    return predict_tiles(loaded.ensemble, as_tiles(images, info.tile_size), views,
-                         augment(info), 256)
+    tiles, owner = images_as_tiles(images, info.tile_size)
+    return answer_images(predict_tiles(loaded.ensemble, tiles, views, augment(info), 256),
+                         owner, len(images), info.threshold)
 
 
 def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
@@ -237,7 +240,7 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     """The whole page: sidebar, uploads, the table, one block per image."""
     import streamlit as st
 
-    from pcam.inference import TTA_VIEWS, probability_table
+    from pcam.inference import TTA_VIEWS, probability_table, with_areas
 
     st.set_page_config(page_title="pcam", page_icon="🔬", layout="wide")
     args = page_args(sys.argv[1:])
@@ -264,14 +267,15 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     # Everything is computed before anything below is drawn: the browser redraws
     # as elements arrive, and on a small CPU its drawing and the models slow
     # each other down (benchmarks/app.py).
-    probs = _probabilities(run, folds, views, tuple(keys), _images=images)
+    answers = _probabilities(run, folds, views, tuple(keys), _images=images)
     cams = [attempt(_explained, run, folds, target, key, _image=image)
             for key, image in zip(keys, images)]
     maps = [attempt(_heat_map, run, folds, views, key, name, _image=image)
             if min(image.shape[:2]) > info.tile_size else None
             for key, name, image in zip(keys, names, images)]
 
-    table = probability_table(names, probs, info.classes, info.threshold)
+    table = with_areas(probability_table(names, answers.probs, info.classes, info.threshold),
+                       answers, info.classes)
     show_table(table, info)
     which = f"fold {folds[0]}" if folds[0] >= 0 else Path(run).name
     for i, name in enumerate(names):
@@ -376,8 +380,8 @@ def show_upload(i: int, name: str, image, row, cam: tuple, heat: tuple | None, i
         show_answer(name, image, row, info)
     with right:
         show_gradcam(i, name, cam, target, which, info.label_region)
-        if heat is not None:
-            show_heat_map(i, name, heat)
+    if heat is not None:  # the page's whole width: in a column it was too small to read
+        show_heat_map(i, name, heat)
 
 
 def show_answer(name: str, image, row, info) -> None:  # pragma: no cover - streamlit
@@ -393,6 +397,13 @@ def show_answer(name: str, image, row, info) -> None:  # pragma: no cover - stre
                 + (f" (threshold {info.threshold:.3f})" if info.binary else ""))
     shown = info.positive if info.binary else row["predicted"]
     st.markdown(f"p({shown}) = `{row[shown]:.6f}`")
+    if row["tiles"] > 1:  # answered as the tiles that cover it
+        areas = sorted(((row[f"area_{c}"], c) for c in info.classes), reverse=True)
+        st.markdown(f"**{row['tiles']} tiles** of {info.tile_size} px"
+                    + (f": {info.positive} in {row[f'area_{info.positive}']:.0%} of them; "
+                       f"p({info.positive}) above is the highest tile's" if info.binary
+                       else ": " + ", ".join(f"{c} {a:.0%}" for a, c in areas if a > 0)
+                       + "; the probabilities are the tiles' mean"))
     for c in info.classes:
         st.progress(float(np.clip(row[c], 0, 1)), text=f"{c}: {row[c]:.4f}")
 

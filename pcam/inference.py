@@ -769,6 +769,86 @@ def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = 
     return combine(per_model, average)
 
 
+# --- images larger than a tile: answered as a set of tiles ---------------------------------
+
+def image_tiles(image: np.ndarray, tile_size: int) -> np.ndarray:
+    """An image as the tiles a model of ``tile_size`` answers, (T, S, S, 3) uint8.
+
+    An image less than two tiles wide or high is one tile, made as a class-folder
+    store makes them (centre-cropped to a square, resized). A larger one is
+    cut, at its own scale, into the tile-sized windows that cover it without
+    overlap (the last row and column ending on its edge, as heat maps cut
+    them): shrunk to one tile, a 1,000 px mosaic of tumour, stroma and fat
+    was answered "mucosa" (issue 24).
+    """
+    from pcam.heatmap import cut_windows, window_starts
+    from pcam.images import to_tile
+
+    image = np.asarray(image)
+    height, width = image.shape[:2]
+    if min(height, width) < 2 * tile_size:
+        return to_tile(image, tile_size)[None]
+    ys = window_starts(height, tile_size, tile_size)
+    xs = window_starts(width, tile_size, tile_size)
+    return cut_windows(image, ys, xs, tile_size)
+
+
+def images_as_tiles(images: Sequence[np.ndarray], tile_size: int) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """Every image's tiles (``image_tiles``) stacked, and the image each tile is of."""
+    parts = [image_tiles(image, tile_size) for image in images]
+    if not parts:
+        return np.zeros((0, tile_size, tile_size, 3), np.uint8), np.zeros(0, int)
+    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(parts)])
+    return np.concatenate(parts), owner
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageAnswers:
+    """Images answered as sets of tiles.
+
+    Attributes:
+        probs: per image, (N,) p(class 1) for two classes, its highest tile's
+            (is the positive class anywhere in it?); (N, K) otherwise, the
+            mean over its tiles.
+        tiles: (N,) how many tiles each image was.
+        areas: (N, K) the share of each image's tiles predicted as each class.
+    """
+
+    probs: np.ndarray
+    tiles: np.ndarray
+    areas: np.ndarray
+
+
+def answer_images(tile_probs: np.ndarray, owner: np.ndarray, n_images: int,
+                  threshold: float) -> ImageAnswers:
+    """Tiles' probabilities (``predict_tiles`` of ``images_as_tiles``) as answers per image."""
+    tile_probs = np.asarray(tile_probs, np.float64)
+    tiles = np.bincount(owner, minlength=n_images)
+    if tile_probs.ndim == 1:
+        probs = np.full(n_images, -np.inf)
+        np.maximum.at(probs, owner, tile_probs)
+        positive = np.bincount(owner, weights=tile_probs >= threshold, minlength=n_images)
+        share = positive / np.maximum(tiles, 1)
+        return ImageAnswers(probs, tiles, np.stack([1 - share, share], axis=1))
+    k = tile_probs.shape[1]
+    sums = np.zeros((n_images, k))
+    np.add.at(sums, owner, tile_probs)
+    votes = np.zeros((n_images, k))
+    np.add.at(votes, (owner, tile_probs.argmax(axis=1)), 1)
+    return ImageAnswers(sums / np.maximum(tiles, 1)[:, None], tiles,
+                        votes / np.maximum(tiles, 1)[:, None])
+
+
+def with_areas(table: pd.DataFrame, answers: ImageAnswers, classes: Sequence[str]) -> pd.DataFrame:
+    """``table`` with ``tiles`` and one ``area_<class>`` column per class appended."""
+    table = table.copy()
+    table["tiles"] = answers.tiles
+    for k, c in enumerate(classes):
+        table[f"area_{c}"] = answers.areas[:, k]
+    return table
+
+
 def predicted_classes(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[str]:
     """Each image's class: ``classes[1]`` when p >= threshold (two classes), else the argmax."""
     probs = np.asarray(probs)
@@ -851,17 +931,22 @@ def predict_images(settings: PredictSettings) -> dict:
         ensemble = load_ensemble(m.run_dir, m.folds)
         info = ensemble[0][1]
         threshold = info.threshold
-        print(f"run {m.run_dir}: the images as {info.tile_size}x{info.tile_size} tiles",
-              flush=True)
-        per_run.append(predict_tiles(ensemble, as_tiles(decoded, info.tile_size), views,
-                                     m.config.augment, _batch_images(settings, m),
-                                     settings.average))
+        tiles, owner = images_as_tiles(decoded, info.tile_size)
+        print(f"run {m.run_dir}: the images as {len(tiles):,} tile(s) of {info.tile_size}x"
+              f"{info.tile_size} (an image two tiles wide and high or more: the tiles "
+              "that cover it)", flush=True)
+        per_run.append(answer_images(
+            predict_tiles(ensemble, tiles, views, m.config.augment, _batch_images(settings, m),
+                          settings.average), owner, len(decoded), threshold))
         del ensemble
     # predict_tiles combined each run's folds; the runs are combined as combine_runs does.
-    probs = per_run[0] if len(per_run) == 1 else combine(per_run, settings.average)
+    probs = (per_run[0].probs if len(per_run) == 1
+             else combine([a.probs for a in per_run], settings.average))
+    answers = ImageAnswers(probs, per_run[0].tiles,
+                           np.mean([a.areas for a in per_run], axis=0))
     threshold, note = ((threshold, "") if len(members) == 1 or len(classes) != 2
                        else ensemble_threshold(members, settings.average))
-    table = probability_table(paths, probs, classes, threshold)
+    table = with_areas(probability_table(paths, probs, classes, threshold), answers, classes)
     return _write_probabilities(table, probs, labels, out, settings, members, threshold,
                                 note, start)
 

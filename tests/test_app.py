@@ -39,11 +39,15 @@ def run(tmp_path_factory):
 def library_probs(run: Path, blobs: list[bytes]) -> np.ndarray:
     """p(positive) of each upload by pcam's library, as scripts/predict.py computes it
     by default (8 views: the app's default too)."""
-    from pcam.inference import TTA_VIEWS, as_tiles, load_ensemble, predict_tiles
+    from pcam.inference import (TTA_VIEWS, answer_images, images_as_tiles, load_ensemble,
+                                predict_tiles)
 
     ensemble = load_ensemble(run, [0])
+    info = ensemble[0][1]
     images = [decode_bytes(b)[0] for b in blobs]
-    return predict_tiles(ensemble, as_tiles(images, ensemble[0][1].tile_size), TTA_VIEWS[8])
+    tiles, owner = images_as_tiles(images, info.tile_size)
+    return answer_images(predict_tiles(ensemble, tiles, TTA_VIEWS[8]), owner, len(images),
+                         info.threshold).probs
 
 
 def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):
@@ -84,6 +88,9 @@ def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):
     expected = library_probs(run, blobs + [big.read_bytes(), tiff.read_bytes()])
     np.testing.assert_allclose(table["1"].to_numpy(), expected, rtol=0, atol=1e-6)
     np.testing.assert_allclose(table["0"].to_numpy(), 1 - expected, rtol=0, atol=1e-6)
+    # big.png (2x2 tiles) is answered as its 4 tiles, not shrunk to one.
+    assert list(table["tiles"]) == [1, 1, 4, 1]
+    assert any("**4 tiles** of 96 px" in m.value for m in at.markdown)
     shown = [float(m) for m in re.findall(r"p\(1\) = `([0-9.]+)`",
                                           " ".join(m.value for m in at.markdown))]
     np.testing.assert_allclose(shown, expected, atol=1e-6)

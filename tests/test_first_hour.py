@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -148,6 +149,33 @@ def test_small_data_is_warned_with_what_to_change():
     assert small_data_warning(20 * 16, 16) is None
 
 
+# --- a large image is a set of tiles -----------------------------------------------------
+
+def test_a_large_image_is_answered_as_the_tiles_that_cover_it():
+    import numpy as np
+
+    from pcam.inference import answer_images, image_tiles, images_as_tiles
+
+    rng = np.random.default_rng(0)
+    mosaic = rng.integers(0, 256, (3 * 32, 2 * 32, 3), dtype=np.uint8)
+    tiles = image_tiles(mosaic, 32)
+    assert tiles.shape == (6, 32, 32, 3)
+    np.testing.assert_array_equal(tiles[3], mosaic[32:64, 32:64])  # row 1, column 1
+    small = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)  # under 2 tiles: one tile
+    stacked, owner = images_as_tiles([small, mosaic], 32)
+    assert len(stacked) == 7 and list(owner) == [0] + [1] * 6
+    # Two classes: the highest tile, and the share of tiles over the threshold.
+    two = answer_images(np.array([0.2, 0.1, 0.9, 0.3, 0.1, 0.1, 0.6]), owner, 2, 0.5)
+    np.testing.assert_allclose(two.probs, [0.2, 0.9])
+    np.testing.assert_allclose(two.areas[:, 1], [0, 2 / 6])
+    assert list(two.tiles) == [1, 6]
+    # K classes: the mean, and the share of tiles whose argmax each class is.
+    k = np.eye(3)[[2, 0, 0, 1, 1, 1, 2]] * 0.8 + 0.2 / 3
+    three = answer_images(k, owner, 2, 0.5)
+    np.testing.assert_allclose(three.areas[1], [2 / 6, 3 / 6, 1 / 6])
+    np.testing.assert_allclose(three.probs[1], k[1:].mean(axis=0))
+
+
 # --- fast feedback ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, expected", [
@@ -197,9 +225,13 @@ def walk(work: Path, data: Path) -> None:
         images_csv = work / "predictions" / f"{(work / 'runs' / 'latest').resolve().name}-data.csv"
         assert images_csv.is_file(), out
         out = ok(user(work, "predict.py", "--run", "latest", "--answers", data))
-        assert images_csv.is_file() and len(list((work / "predictions").glob("*.csv"))) == 2
+        assert images_csv.is_file() and len(list((work / "predictions").glob("*.csv"))) >= 2
         ok(user(work, "explain.py", "--run", "latest", "--images", image, data / "Normal"))
         ok(user(work, "heatmap.py", "--run", "latest", "--images", mosaic))
+        ok(user(work, "predict.py", "--run", "latest", "--images", mosaic))
+        run = (work / "runs" / "latest").resolve().name
+        answer = pd.read_csv(work / "predictions" / f"{run}-mosaic.csv")
+        assert answer["tiles"].tolist() == [16]  # 448 px in 128 px tiles, not one shrunk tile
         ok(user(work, "evaluate.py", "--run", "latest", "--bootstrap", "20"))
     assert not (data / "store").exists()
 
