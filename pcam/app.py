@@ -54,9 +54,22 @@ def main(argv=None) -> None:
     run(launch, argv)
 
 
+USAGE = """Open a trained run in your browser: upload H&E images (any size), see each
+one's class probabilities, where the model looked (Grad-CAM), and a heat map of
+images larger than a tile. For research and teaching, not for diagnosis.
+
+    pcam-app --run runs/latest                 # the last run trained
+    pcam-app                                   # choose among the runs under runs/
+    pcam-app --run runs/NAME/fold_0/best.keras # one model file (model.json beside it)
+
+Then open the address it prints (http://localhost:8501). The first page takes
+up to a minute while TensorFlow and the models load ("loading the models ...");
+later uploads answer in about a second. Ctrl-C stops it."""
+
+
 def launch(argv=None) -> int:
     """Check ``--run``, then run the Streamlit server until it stops; its exit status."""
-    parser = argparse.ArgumentParser(prog="pcam-app", description=__doc__,
+    parser = argparse.ArgumentParser(prog="pcam-app", description=USAGE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="", help="run folder, or a model file (best.keras "
                         "with its model.json beside it), to open (default: choose one of "

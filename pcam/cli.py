@@ -47,7 +47,7 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
     the command line cannot drift from the settings it fills. A nested
     section (a field holding another settings class) gets its own group.
     """
-    group = parser.add_argument_group(title, cls.__doc__.splitlines()[0])
+    group = parser.add_argument_group(title, summary(cls.__doc__))
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -55,13 +55,16 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
             add_settings(parser, section(f), f.name, skip)
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("``", "")
         if isinstance(f.default, bool):
             group.add_argument(flag, dest=f.name, default=f.default,
                                action=argparse.BooleanOptionalAction, help=help_text)
             continue
         if f.default not in ("", 0, 0.0, -1, ()):
-            help_text += f" (default: {f.default})"
+            help_text += f" (default: {f.default}"
+            help_text += f"{_cpu_recipe(f.name)})" if _cpu_recipe(f.name) else ")"
+        elif _cpu_recipe(f.name):
+            help_text += f" ({_cpu_recipe(f.name).lstrip('; ')})"
         kind = comma_list if isinstance(f.default, tuple) else type(f.default)
         group.add_argument(flag, dest=f.name, type=kind, default=f.default,
                            choices=f.metadata.get("choices"), help=help_text,
@@ -98,6 +101,28 @@ def machine_defaults(parser: argparse.ArgumentParser, argv, recipe: bool = True)
     chosen = recipes.choose(first.recipe, kind)
     parser.set_defaults(**chosen.defaults)
     return chosen
+
+
+def _cpu_recipe(name: str) -> str:
+    """``; CPU recipe: V`` for an option the CPU recipe sets (class folders, and the
+    competition's where it differs), else ""."""
+    from pcam.recipes import CPU_FOLDERS, CPU_KAGGLE
+
+    folders, kaggle = CPU_FOLDERS.get(name), CPU_KAGGLE.get(name)
+    if folders is None and kaggle is None:
+        return ""
+    if kaggle is None or folders == kaggle:
+        return f"; CPU recipe: {folders}" + ("" if kaggle is not None else " for class folders")
+    if folders is None:
+        return f"; CPU recipe: {kaggle} for the competition"
+    return f"; CPU recipe: {folders} for class folders, {kaggle} for the competition"
+
+
+def summary(doc: str) -> str:
+    """A docstring's first paragraph as one line of help: whole sentences (its
+    first line alone was cut mid-sentence), without reST's double backticks."""
+    paragraph = doc.strip().split("\n\n")[0]
+    return " ".join(paragraph.split()).replace("``", "")
 
 
 def comma_list(text: str) -> tuple[str, ...]:

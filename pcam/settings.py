@@ -94,8 +94,8 @@ class DataSettings:
            "to a square and resized)")
     max_tile_size: int = _opt(
         0, "with --tile-size 0, images larger than this are resized down to it (0: no "
-           "limit; the CPU recipe: 128, 3x fewer pixels than 224 px images for a CPU to "
-           "learn from)")
+           "limit; 128 px tiles hold 3x fewer pixels than 224 px images for a CPU to learn "
+           "from)")
     store_dir: str = _opt(
         "", "where the tile store lives (default: stores/NAME-HASH in the working folder, "
             "never inside the images; a store an earlier pcam made in DIR/store is used "
