@@ -1,6 +1,6 @@
 """What the CPU recipe reaches on class-folder datasets, on images each model never saw.
 
-    python benchmarks/folders_quality.py [--work DIR] [--only oral-oscc|ebhi-6class] [--pretrained FILE]
+    python benchmarks/folders_quality.py [--work DIR] [--only NAME] [--pretrained FILE | --pretrain]
     python benchmarks/folders_quality.py --hold-out 0.2 [...]   # also score the fold ensemble on unseen images
 
 Trains, through ``scripts/train.py`` like a user, 5-fold cross-validation of
@@ -11,14 +11,15 @@ that did not train on it. The runs stay at ``DIR/runs/oral-oscc`` and
 ``DIR/runs/ebhi-6class`` so that others can score them on images we have not
 seen (``scripts/predict.py --run DIR/runs/NAME --answers THEIR_FOLDERS/``).
 
-The CPU recipe, transfer within histology: there are no ImageNet weights
-here and none are needed. First real_pcam.py's CPU recipe trains ``cpu-cnn``
-on the 20,000 real PCam train tiles (fold 0 of 10, 30 epochs; AUC 0.94 on
-PCam's held-out slides; once, at ``WORK/runs/pcam-cpu``, reused by both
-datasets and by later runs, or ``--pretrained FILE``). Each dataset's folds
-then start from that backbone (``--weights .../fold_0/best.keras``; a new
-head for its classes) at 128 px tiles (images resized at ingest; the
-convolutions do not care that PCam's tiles were 96 px): one phase of 60
+The CPU recipe (``--recipe cpu``, what ``scripts/train.py --data-dir D`` picks
+on a machine without a GPU; pcam.recipes), transfer within histology: there
+are no ImageNet weights here and none are needed. Each fold starts from the
+``cpu-cnn`` backbone trained on 18,000 real PCam tiles that ships in the
+package (``--weights pcam``; tools/make_pcam_backbone.py made it, with
+real_pcam.py's CPU recipe; ``--pretrain`` trains one here instead, at
+``WORK/runs/pcam-cpu``, as the figures below were made) with a new head for
+the dataset's classes, at tiles of at most 128 px (images resized at ingest;
+the convolutions do not care that PCam's tiles were 96 px): one phase of 60
 epochs, everything trainable, peak learning rate 1e-3 with cosine decay and
 no early stopping (the best epoch is kept), batch 16, the 8 dihedral views,
 balanced class weights, no colour jitter; out-of-fold predictions averaged
@@ -95,22 +96,17 @@ from real_pcam import CPU_RECIPE
 
 DATA = REPO.parent / "shared" / "data"
 PRETRAIN_EPOCHS = 30  # real_pcam.py's recipe: AUC 0.942 on PCam's held-out slides
-EPOCHS = 60
-# 759 images at batch 16 make 48 steps an epoch: 60 epochs give ~2,900 steps,
-# 4x what batch 32 for 30 epochs gave (oral-oscc underfit: training AUC 0.88).
-RECIPE = ["--backbone", "cpu-cnn", "--epochs-frozen", "0",
-          "--epochs-finetune", str(EPOCHS), "--patience", str(EPOCHS), "--lr-finetune", "1e-3",
-          "--batch-size", "16",
-          "--tile-size", "128", "--folds", "5",
-          # No colour jitter: on oral-oscc fold 0 it cost 0.07 AUC (0.817 against
-          # 0.886); these folds share the scanner and stain of training.
-          "--brightness", "0", "--contrast", "0", "--saturation", "0", "--hue", "0",
-          "--stain", "0"]
 TARGETS = {  # metric: (target, colour-statistics floor, plain-CNN floor)
     "oral-oscc": {"auc": (0.96, 0.77, 0.92)},
     "ebhi-6class": {"balanced_accuracy": (0.85, 0.65, 0.80), "auc": (0.97, 0.88, 0.96)},
 }
-EXTRA = {"oral-oscc": ["--positive", "OSCC"], "ebhi-6class": []}
+
+
+def recipe_text() -> str:
+    """The CPU recipe's options for class folders, as pcam.recipes sets them."""
+    from pcam.recipes import CPU_FOLDERS
+
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in CPU_FOLDERS.items())
 
 
 def pretrain(work: Path) -> tuple[Path, float]:
@@ -124,14 +120,16 @@ def pretrain(work: Path) -> tuple[Path, float]:
     return work / "runs" / "pcam-cpu" / "fold_0" / "best.keras", time.perf_counter() - start
 
 
-def train(name: str, data: Path, work: Path, pretrained: Path) -> tuple[dict, float]:
-    """Train (or resume) the run of ``name`` on the class folders ``data``; its
-    pooled OOF metrics and wall seconds."""
+def train(name: str, data: Path, work: Path, pretrained: Path | None) -> tuple[dict, float]:
+    """Train (or resume) the run of ``name`` on the class folders ``data`` as a user
+    does, ``scripts/train.py --data-dir DATA`` (the CPU recipe, forced here so that
+    a machine with a GPU measures it too), from the shipped PCam backbone or
+    ``pretrained``; its pooled OOF metrics and wall seconds."""
     start = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"),
                     "--data-dir", str(data), "--store-dir", str(work / "stores" / name),
-                    "--runs-dir", str(work / "runs"), "--run", name, *RECIPE,
-                    "--weights", str(pretrained), *EXTRA[name]], check=True)
+                    "--runs-dir", str(work / "runs"), "--run", name, "--recipe", "cpu",
+                    *(["--weights", str(pretrained)] if pretrained else [])], check=True)
     seconds = time.perf_counter() - start
     report = json.loads((work / "runs" / name / "report" / "metrics.json").read_text())
     return report["groups"]["pooled"], seconds
@@ -184,8 +182,12 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(TARGETS))
     parser.add_argument("--pretrained", type=Path,
                         help="a cpu-cnn model file to start from (e.g. real_pcam.py's "
-                             "runs/real-pcam-cpu/fold_0/best.keras) instead of training "
-                             "one at WORK/runs/pcam-cpu")
+                             "runs/real-pcam-cpu/fold_0/best.keras) instead of the PCam "
+                             "backbone shipped in the package")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="train the PCam model first, at WORK/runs/pcam-cpu (26 min on "
+                             "a quiet 2-core CPU), and start from it, as before the "
+                             "backbone shipped")
     parser.add_argument("--hold-out", type=float, default=0.0, metavar="FRACTION",
                         help="also hold out this fraction of each class (seeded), train on "
                              "the rest at WORK/held-out/ and score the runs' fold ensemble "
@@ -198,7 +200,8 @@ def main() -> int:
         if not (DATA / name).is_dir():
             sys.exit(f"benchmark needs {DATA / name} (beside the repository for tests and "
                      "benchmarks only); not found")
-    pretrained, pretrain_s = (args.pretrained, 0.0) if args.pretrained else pretrain(args.work)
+    pretrained, pretrain_s = ((args.pretrained, 0.0) if not args.pretrain
+                              else pretrain(args.work))
     work = args.work / "held-out" if args.hold_out else args.work
     rows = []
     for name in names:
@@ -217,12 +220,14 @@ def main() -> int:
                          colour, plain, f"{seconds / 60:.1f}"))
     what = (f"trained on {1 - args.hold_out:.0%} of each class, 5-fold; the fold ensemble on the "
             f"held-out {args.hold_out:.0%}" if args.hold_out else "5-fold pooled out-of-fold")
-    table(f"{what}, CPU recipe: " + " ".join(RECIPE) + f" --weights {pretrained}", rows,
+    start = f" --weights {pretrained}" if pretrained else " (the shipped PCam backbone)"
+    table(f"{what}, CPU recipe: {recipe_text()}{start}", rows,
           ("dataset", "metric", "pcam OOF (95% CI)",
            *(["held-out ensemble"] if args.hold_out else []), "target", "", "colour stats",
            "plain CNN", "minutes"))
     print("\npretraining on PCam (once, shared by both datasets): "
-          + (f"given ({pretrained})" if args.pretrained else f"{pretrain_s / 60:.1f} min"))
+          + (f"{pretrain_s / 60:.1f} min" if args.pretrain else "none (shipped)"
+             if not pretrained else f"given ({pretrained})"))
     return 0
 
 
