@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pcam.errors import PcamError
+from pcam.images import cut_windows, window_starts
 
 CHUNK_WINDOWS = 2048  # windows cut and predicted at once: 57 MB of 96 px uint8 tiles
 
@@ -87,23 +88,6 @@ class HeatMap:
         table.insert(0, "x", xx.ravel())
         table.insert(0, "y", yy.ravel())
         return table
-
-
-def window_starts(length: int, tile: int, stride: int) -> np.ndarray:
-    """Window starts along one axis: every ``stride`` pixels, and one ending on the edge."""
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return np.asarray(starts)
-
-
-def cut_windows(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, tile: int) -> np.ndarray:
-    """The (len(ys) * len(xs), tile, tile, 3) windows at the grid's positions,
-    row by row (a gather from a strided view of ``image``; no Python loop)."""
-    view = np.lib.stride_tricks.sliding_window_view(image, (tile, tile), axis=(0, 1))
-    # view[y, x] is (3, tile, tile): channels first; put them last again.
-    picked = view[ys[:, None], xs[None, :]]
-    return np.ascontiguousarray(picked.reshape(-1, 3, tile, tile).transpose(0, 2, 3, 1))
 
 
 def _coverage(starts: np.ndarray, length: int, tile: int, footprint: int) -> np.ndarray:

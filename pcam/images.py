@@ -459,3 +459,20 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
         raise PcamError(f"--images {' '.join(map(str, paths))}: no image files there "
                         "(TIFF, PNG, JPEG or BMP)")
     return found
+
+
+def window_starts(length: int, tile: int, stride: int) -> np.ndarray:
+    """Window starts along one axis: every ``stride`` pixels, and one ending on the edge."""
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return np.asarray(starts)
+
+
+def cut_windows(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, tile: int) -> np.ndarray:
+    """The (len(ys) * len(xs), tile, tile, 3) windows at the grid's positions,
+    row by row (a gather from a strided view of ``image``; no Python loop)."""
+    view = np.lib.stride_tricks.sliding_window_view(image, (tile, tile), axis=(0, 1))
+    # view[y, x] is (3, tile, tile): channels first; put them last again.
+    picked = view[ys[:, None], xs[None, :]]
+    return np.ascontiguousarray(picked.reshape(-1, 3, tile, tile).transpose(0, 2, 3, 1))

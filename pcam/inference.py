@@ -781,8 +781,7 @@ def image_tiles(image: np.ndarray, tile_size: int) -> np.ndarray:
     them): shrunk to one tile, a 1,000 px mosaic of tumour, stroma and fat
     was answered "mucosa" (issue 24).
     """
-    from pcam.heatmap import cut_windows, window_starts
-    from pcam.images import to_tile
+    from pcam.images import cut_windows, to_tile, window_starts
 
     image = np.asarray(image)
     height, width = image.shape[:2]
