@@ -213,7 +213,9 @@ def gather(compare_dir: Path) -> tuple[list[Entry], list[str]]:
     if not compare_dir.is_dir():
         raise PcamError(f"{compare_dir}: no comparison here; train one with "
                         "python scripts/compare.py --backbones A,B --name NAME")
-    run_dirs = sorted(p.parent for p in compare_dir.glob("*/config.json"))
+    # Not RUNS_DIR/NAME/latest: a link to the last backbone trained (pcam.places).
+    run_dirs = sorted(p.parent for p in compare_dir.glob("*/config.json")
+                      if not p.parent.is_symlink())
     if not run_dirs:
         raise PcamError(f"{compare_dir}: no runs in it (no <backbone>/config.json); train them "
                         "with python scripts/compare.py --backbones A,B --name "
