@@ -113,7 +113,7 @@ def test_a_bare_model_file_explains_next_to_itself(run, tmp_path):
 
 @pytest.mark.parametrize("case, args, message", [
     ("unknown id", ["--ids", "not-a-tile-id"], "not-a-tile-id"),
-    ("missing file", ["--images", "{tmp}/nowhere.tif"], "nowhere.tif does not exist"),
+    ("missing file", ["--images", "{tmp}/nowhere.tif"], "nowhere.tif: no such file or folder"),
     ("not an image", ["--images", "{tmp}/text.png"], "text.png is not an image"),
     ("transparent", ["--images", "{tmp}/clear.png"], "clear.png has transparent pixels"),
     ("unknown class", ["--ids", "x", "--target", "stroma"], "--target stroma: not a class"),
