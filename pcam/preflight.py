@@ -34,9 +34,7 @@ def check_run(settings: RunSettings) -> Source:
     Raises:
         PcamError: the first problem found, in one line.
     """
-    k_all = settings.folds.folds
-    if settings.fold != -1 and not 0 <= settings.fold < k_all:
-        raise PcamError(f"--fold {settings.fold}: folds are numbered 0 to {k_all - 1}")
+    check_fold(settings)
     source = read_source(settings.data)
     from pcam.folds import assign_folds, subset  # scikit-learn: 0.5-2 s, after the scan
 
@@ -47,6 +45,12 @@ def check_run(settings: RunSettings) -> Source:
                  settings.folds, source.classes)
     check_crop(settings, source.tile_size)
     return source
+
+
+def check_fold(settings: RunSettings) -> None:
+    k_all = settings.folds.folds
+    if settings.fold != -1 and not 0 <= settings.fold < k_all:
+        raise PcamError(f"--fold {settings.fold}: folds are numbered 0 to {k_all - 1}")
 
 
 def check_crop(settings: RunSettings, tile_size: int) -> None:

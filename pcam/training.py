@@ -46,7 +46,7 @@ from pcam.pipeline import eval_dataset, train_dataset
 from pcam.runs import ModelInfo, load_fold_model
 from pcam.settings import (DataSettings, EvaluateSettings, RunSettings, TrainSettings, from_json,
                            to_dict, to_json)
-from pcam.preflight import check_crop, check_run, small_data_warning
+from pcam.preflight import check_crop, check_fold, check_run, small_data_warning
 from pcam.sources import Source, read_source
 from pcam.store import Store, is_current, open_store, prepare
 
@@ -108,6 +108,7 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
                                            runs_dir=str(copy.parent))
     run_dir = settings.run_dir
     if distribute.is_multi_worker(strategy):
+        check_fold(settings)
         store = _built_store(settings.data)
     else:
         source = source or check_run(settings)
