@@ -317,9 +317,13 @@ def _check_space(out: Path, tiles: int, tile_size: int, split: str) -> None:
     need = tiles * (tile_size * tile_size * 3 + 160)
     free = shutil.disk_usage(out).free
     if need > free:
-        raise PcamError(f"the {split} tile store needs about {need / 1e9:.1f} GB in {out}, "
-                        f"which has {free / 1e9:.1f} GB free; free space there or choose "
-                        "--store-dir on a larger disk")
+        raise PcamError(f"the {split} tile store needs about {_size(need)} in {out}, which "
+                        f"has {_size(free)} free; free space there or choose --store-dir "
+                        "on a larger disk")
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def _ingest(split, source, out, chunks, names, todo, settings) -> dict[int, list]:

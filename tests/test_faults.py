@@ -309,16 +309,43 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_full_disk_while_ingesting_is_one_line_and_resumes(layout_cache, small_disk):
-    disk = small_disk(2)  # the 300 tiles need 8 MB
-    args = [sys.executable, str(SCRIPTS / "prepare.py"), "--data-dir", str(layout_cache),
-            "--store-dir", str(disk / "store"), "--shard-tiles", "50", "--workers", "2"]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+# Another process fills the disk after the store's space was checked, leaving
+# ``keep`` bytes: the ingest then meets a real "No space left on device".
+FILL_THEN_INGEST = """
+import os, sys
+import pcam.store as store
+filler, keep = sys.argv[1], int(sys.argv[2])
+original = store._ingest
+
+def ingest(split, source, out, *args):
+    stat = os.statvfs(out)
+    with open(filler, "wb") as f:
+        f.write(bytes(max(0, stat.f_bavail * stat.f_frsize - keep)))
+    return original(split, source, out, *args)
+
+store._ingest = ingest
+from pcam.commands.prepare import main
+main(sys.argv[3:])
+"""
+
+
+def test_full_disk_while_ingesting_is_one_line_and_resumes(layout_cache, small_disk, tmp_path):
+    disk = small_disk(2)  # the 300 tiles need 8 MB: refused before any work
+    args = ["--data-dir", str(layout_cache), "--store-dir", str(disk / "store"),
+            "--shard-tiles", "50", "--workers", "2"]
+    prepare = [sys.executable, str(SCRIPTS / "prepare.py"), *args]
+    error = one_error_line(subprocess.run(prepare, capture_output=True, text=True, timeout=300))
+    assert "needs about 8 MB" in error and "--store-dir" in error
+    assert not list((disk / "store" / "train").glob("*.tfrecord"))
+    small_disk(40)
+    filler = disk / "filler"
+    result = subprocess.run([sys.executable, "-c", FILL_THEN_INGEST, str(filler),
+                             str(2 * 10**6), *args], capture_output=True, text=True, timeout=300)
     error = one_error_line(result)
     assert "No space left on device" in error and "--store-dir" in error
     done = sorted(p.name for p in (disk / "store" / "train").glob("shard-*.tfrecord"))
-    small_disk(40)
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    filler.unlink()
+    again = subprocess.run(prepare, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     if done:
         assert f"resuming, {len(done)} of 6 shards" in again.stdout
