@@ -253,12 +253,16 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     """The whole page: sidebar, uploads, the table, one block per image."""
     import streamlit as st
 
+    import pcam
+    from pcam import quiet
+
     st.set_page_config(page_title="pcam", page_icon="🔬", layout="wide")
     args = page_args(sys.argv[1:])
     st.title("pcam: tile classifier")
     st.caption(f"⚠️ {NOTE} Upload H&E images; a run trained by pcam answers.")
     # The first page of a session imports TensorFlow: 10-50 s on a small CPU,
     # which looked like a hung page; say what is happening while it does.
+    quiet.install(pcam.USER_TF_LOG_LEVEL)  # the server's terminal: no C++ start-up log
     with st.spinner("starting TensorFlow (up to a minute the first time) ..."):
         from pcam.inference import TTA_VIEWS, probability_table, with_areas
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -28,16 +27,13 @@ def new_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 
 
 def quiet_tensorflow(argv) -> None:
-    """Silence TensorFlow's C++ start-up log before it is imported, unless the
-    command line asks for ``--verbose`` or the user set ``TF_CPP_MIN_LOG_LEVEL``.
+    """Silence TensorFlow's start-up log (``pcam.quiet``) unless the command line
+    asks for ``--verbose``."""
+    import pcam
+    from pcam import quiet
 
-    Level 3: at level 2 the lines logged before absl starts (``cudart_stub``,
-    and ``E0000 ... failed call to cuInit`` on every machine without a GPU,
-    which reads as a failure) still appear. Errors that matter reach the user
-    as Python exceptions either way.
-    """
     if VERBOSE not in (sys.argv[1:] if argv is None else argv):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        quiet.install(pcam.USER_TF_LOG_LEVEL)
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
