@@ -68,12 +68,14 @@ def install(user_level: str | None = None) -> None:
     """Silence TensorFlow's start-up log in this process and the ones it starts.
 
     Args:
-        user_level: ``TF_CPP_MIN_LOG_LEVEL`` as the user set it before pcam
-            was imported (``pcam.USER_TF_LOG_LEVEL``): then theirs is kept.
+        user_level: ``TF_CPP_MIN_LOG_LEVEL`` as found before pcam was imported
+            (``pcam.USER_TF_LOG_LEVEL``): 0 or 1, asking for more of the log,
+            is kept; 2 is what pcam itself sets (and a process that imported
+            pcam hands on to the commands it starts).
     """
     if "tensorflow" in sys.modules:
         return
-    if user_level is None:
+    if user_level in (None, "2"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if not any(isinstance(f, _QuietTensorflow) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorflow())
