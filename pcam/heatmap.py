@@ -255,7 +255,7 @@ def map_images(settings) -> list[dict]:
     Raises:
         PcamError: no images, a file that cannot be used, or a bad run.
     """
-    from pcam.images import decode_image
+    from pcam.images import decode_image, list_images
     from pcam.inference import TTA_VIEWS, load_ensemble
     from pcam.runs import load_run, resolve_folds
 
@@ -264,8 +264,8 @@ def map_images(settings) -> list[dict]:
     run_dir, config = load_run(settings.run)
     folds = resolve_folds(run_dir, config, settings.folds)
     images, bad = [], []
-    for path in map(Path, settings.images):
-        image, problem = decode_image(path) if path.is_file() else (None, "is not a file")
+    for path in list_images(settings.images):  # files and folders alike
+        image, problem = decode_image(path)
         (bad.append(f"{path} {problem}") if problem else images.append((path, image)))
     if bad:
         raise PcamError(f"{len(bad)} image(s) cannot be used: {'; '.join(bad[:3])}"

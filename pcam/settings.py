@@ -475,7 +475,8 @@ class HeatmapSettings:
 
     run: str = _opt("", "the run folder whose model(s) map the images (runs/NAME)")
     folds: tuple = _opt((), "fold numbers to ensemble; empty: every finished fold")
-    images: tuple = _opt((), "image files larger than the run's tile (TIFF, PNG, JPEG)")
+    images: tuple = _opt((), "image files or folders of images larger than the run's tile "
+                             "(TIFF, PNG, JPEG)")
     stride: int = _opt(0, "pixels between neighbouring windows (0: a third of the tile)")
     tta: int = _opt(1, "test-time views per window (1: none; 2, 4 or 8 dihedral views)",
                     choices=(1, 2, 4, 8))

@@ -72,6 +72,30 @@ def tiny_run(layout_cache, tmp_path_factory):
     return settings
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mounted at tmp_path/disk; ``small_disk(size)`` (re)sizes it: a full
+    disk, or (remounted read-only) a read-only one, which root's permission bits
+    cannot make."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = []
+
+    def size(megabytes):
+        options = f"size={megabytes}m" + (",remount" if mounted else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)],
+                                capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"a full or read-only disk needs a tmpfs, and mounting one is not permitted here "
+                        f"({result.stderr.strip() or result.returncode})")
+        mounted.append(True)
+        return disk
+
+    yield size
+    if mounted:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 # --- a model with a known answer, for Grad-CAM ----------------------------------------
 
 # Top right, away from the centre (a model looking at the centre, where PCam's

@@ -287,28 +287,6 @@ def test_ctrl_c_during_a_parallel_ingest_exits_at_once_and_keeps_finished_shards
 
 # --- 7. a full disk ----------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs mounted at tmp_path/disk; ``small_disk(size)`` (re)sizes it."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = []
-
-    def size(megabytes):
-        options = f"size={megabytes}m" + (",remount" if mounted else "")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)],
-                                capture_output=True, text=True)
-        if result.returncode:
-            pytest.skip(f"a full disk needs a tmpfs, and mounting one is not permitted here "
-                        f"({result.stderr.strip() or result.returncode})")
-        mounted.append(True)
-        return disk
-
-    yield size
-    if mounted:
-        subprocess.run(["umount", str(disk)], check=False)
-
-
 # Another process fills the disk after the store's space was checked, leaving
 # ``keep`` bytes: the ingest then meets a real "No space left on device".
 FILL_THEN_INGEST = """

@@ -263,28 +263,6 @@ def _read_only(path: Path) -> bool:
     return False
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs at tmp_path/disk (a read-only copy of data needs a mount: root ignores
-    permission bits)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = []
-
-    def size(megabytes):
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs",
-                                 str(disk)], capture_output=True, text=True)
-        if result.returncode:
-            pytest.skip(f"a read-only folder needs a tmpfs, and mounting one is not permitted "
-                        f"here ({result.stderr.strip() or result.returncode})")
-        mounted.append(True)
-        return disk
-
-    yield size
-    if mounted:
-        subprocess.run(["umount", str(disk)], check=False)
-
-
 # --- a Kaggle notebook ----------------------------------------------------------------------
 
 def test_a_kaggle_notebooks_read_only_competition_is_found_and_never_written(
