@@ -63,10 +63,7 @@ def run_pcam(data_root: Path = Path("data")) -> None:
           f"  its report: {out.with_name('demo-report') / 'index.html'} (on the sample's "
           "held-out answers)\n"
           f"  tile stores: {train_settings.data.store_path}", flush=True)
-    print(after_training(train_settings.run_dir, "kaggle", str(train_settings.data.data_dir)),
-          flush=True)
-    print("  python scripts/train.py --data-dir YOUR_FOLDERS/    # your own images: one "
-          "folder per class", flush=True)
+    print(after_training(train_settings.run_dir, "kaggle", own_data=True), flush=True)
 
 
 def settings(data_dir: Path) -> RunSettings:
@@ -123,7 +120,7 @@ def run_tissue(data_root: Path = Path("data")) -> None:
           f"  predictions: {out} (every tile, by all the folds: the tiles trained on, so "
           "a check that the models load and agree, not a score: the report's out-of-fold "
           "figures are the score)", flush=True)
-    print(after_training(train_settings.run_dir, "folders", str(data)), flush=True)
+    print(after_training(train_settings.run_dir, "folders", own_data=True), flush=True)
 
 
 def tissue_settings(data_dir: Path) -> RunSettings:

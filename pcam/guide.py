@@ -23,19 +23,17 @@ def run_name(run_dir: Path) -> str:
     return shlex.quote(str(run_dir))
 
 
-def after_training(run_dir: Path, kind: str, data_dir: str = "") -> str:
-    """The next steps after a finished run of ``kind`` ("kaggle" or "folders")."""
+def after_training(run_dir: Path, kind: str, own_data: bool = False) -> str:
+    """The next steps after a finished run of ``kind`` ("kaggle" or "folders");
+    with ``own_data`` (after a demo), training on one's own images too."""
     run = run_name(run_dir)
-    lines = ["next:"]
-    if kind == "kaggle":
-        lines.append(f"  python scripts/predict.py --run {run}            # the submission")
-    else:
-        lines.append(f"  python scripts/predict.py --run {run} --images NEW_IMAGES/   "
-                     "# class probabilities of images, files or folders")
-    lines += [f"  pcam-app --run {run}                               # upload images, "
-              "see answers and heat maps",
-              f"  python scripts/explain.py --run {run} --images IMAGE   # Grad-CAM"]
-    if data_dir and kind == "folders":
-        lines.append("  python scripts/train.py --data-dir YOUR_FOLDERS/    "
-                     "# your own images: one folder per class")
-    return "\n".join(lines)
+    steps = [(f"python scripts/predict.py --run {run}", "the submission") if kind == "kaggle"
+             else (f"python scripts/predict.py --run {run} --images NEW_IMAGES/",
+                   "class probabilities of new images, files or folders"),
+             (f"pcam-app --run {run}", "upload images, see answers and heat maps"),
+             (f"python scripts/explain.py --run {run} --images IMAGE", "where the model looked")]
+    if own_data:
+        steps.append(("python scripts/train.py --data-dir YOUR_FOLDERS/",
+                      "your own images: one folder per class"))
+    width = max(len(command) for command, _ in steps) + 2
+    return "\n".join(["next:"] + [f"  {command.ljust(width)}# {why}" for command, why in steps])
