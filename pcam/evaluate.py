@@ -35,7 +35,7 @@ from pcam import figures, metrics, report
 from pcam.errors import PcamError
 from pcam.inference import Member, ensemble_oof, read_answers
 from pcam.io import atomic_write_json, atomic_write_text
-from pcam.places import default_store
+from pcam.places import default_store, resolve_run
 from pcam.runs import (LEGACY_CLASSES, finished_folds, load_fold_model, load_run, prob_columns,
                        probabilities, read_history, read_oof, run_classes)
 from pcam.settings import EvaluateSettings, RunSettings, to_dict
@@ -94,7 +94,8 @@ def evaluate(settings: EvaluateSettings) -> dict:
                         "--answers CSV (test report), one of the two")
     _check(settings)
     if settings.run:
-        source, out = run_source(Path(settings.run)), Path(settings.run) / "report"
+        run_dir = resolve_run(settings.run)  # runs/latest: the run it names
+        source, out = run_source(run_dir), run_dir / "report"
     else:
         source = submission_source(Path(settings.submission), settings.answers)
         out = Path(settings.submission).with_name(Path(settings.submission).stem + "-report")

@@ -234,7 +234,8 @@ def walk(work: Path, data: Path, run: str = "") -> None:
         answer = pd.read_csv(work / "predictions" / f"{run}-mosaic.csv")
         assert answer["tiles"].tolist() == [16]  # 448 px in 128 px tiles, not one shrunk tile
         ok(user(work, "evaluate.py", "--run", "latest", "--bootstrap", "20"))
-    assert not (data / "store").exists()
+        assert (work / "runs" / "latest" / "report" / "index.html").is_file()
+    assert not (data / "store").exists() and not (work / "latest").exists()
 
 
 def test_every_command_twice_on_class_folders_and_on_a_read_only_copy(tmp_path, small_disk):
