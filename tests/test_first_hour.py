@@ -230,8 +230,8 @@ def walk(work: Path, data: Path, run: str = "") -> None:
         ok(user(work, "explain.py", "--run", "latest", "--images", image, data / "Normal"))
         ok(user(work, "heatmap.py", "--run", "latest", "--images", mosaic))
         ok(user(work, "predict.py", "--run", "latest", "--images", mosaic))
-        run = (work / "runs" / "latest").resolve().name
-        answer = pd.read_csv(work / "predictions" / f"{run}-mosaic.csv")
+        trained = (work / "runs" / "latest").resolve().name
+        answer = pd.read_csv(work / "predictions" / f"{trained}-mosaic.csv")
         assert answer["tiles"].tolist() == [16]  # 448 px in 128 px tiles, not one shrunk tile
         ok(user(work, "evaluate.py", "--run", "latest", "--bootstrap", "20"))
         assert (work / "runs" / "latest" / "report" / "index.html").is_file()
