@@ -171,7 +171,7 @@ def probabilities(loaded: Loaded, images: list, views: tuple):
     from pcam.inference import answer_images, images_as_tiles, predict_tiles
 
     info = loaded.info
-    tiles, owner = images_as_tiles(images, info.tile_size)
+    tiles, owner = images_as_tiles(images, info.tile_size, info.window)
     return answer_images(predict_tiles(loaded.ensemble, tiles, views, augment(info), 256),
                          owner, len(images), info.threshold)
 
@@ -418,7 +418,7 @@ def show_answer(name: str, image, row, info) -> None:  # pragma: no cover - stre
     st.markdown(f"p({shown}) = `{row[shown]:.6f}`")
     if row["tiles"] > 1:  # answered as the tiles that cover it
         areas = sorted(((row[f"area_{c}"], c) for c in info.classes), reverse=True)
-        st.markdown(f"**{row['tiles']} tiles** of {info.tile_size} px"
+        st.markdown(f"**{row['tiles']} tiles** of {info.window} px"
                     + (f": {info.positive} in {row[f'area_{info.positive}']:.0%} of them; "
                        f"p({info.positive}) above is the highest tile's" if info.binary
                        else ": " + ", ".join(f"{c} {a:.0%}" for a, c in areas if a > 0)

@@ -771,31 +771,36 @@ def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = 
 
 # --- images larger than a tile: answered as a set of tiles ---------------------------------
 
-def image_tiles(image: np.ndarray, tile_size: int) -> np.ndarray:
+def image_tiles(image: np.ndarray, tile_size: int, window: int = 0) -> np.ndarray:
     """An image as the tiles a model of ``tile_size`` answers, (T, S, S, 3) uint8.
 
-    An image less than two tiles wide or high is one tile, made as a class-folder
-    store makes them (centre-cropped to a square, resized). A larger one is
-    cut, at its own scale, into the tile-sized windows that cover it without
-    overlap (the last row and column ending on its edge, as heat maps cut
-    them): shrunk to one tile, a 1,000 px mosaic of tumour, stroma and fat
-    was answered "mucosa" (issue 24).
+    ``window`` is the side, in image pixels, of what one tile was made from in
+    training (``ModelInfo.window``: the training images' side; 0: the tile
+    size). An image less than two windows wide or high is one tile, made as
+    the store made them (centre-cropped to a square, resized). A larger one
+    is cut into the windows that cover it without overlap (the last row and
+    column ending on its edge, as heat maps cut them), each made a tile: the
+    same scale as in training. Shrunk to one tile, a 1,000 px mosaic of
+    tumour, stroma and fat was answered "mucosa" (issue 24).
     """
     from pcam.images import cut_windows, to_tile, window_starts
 
     image = np.asarray(image)
+    window = window or tile_size
     height, width = image.shape[:2]
-    if min(height, width) < 2 * tile_size:
+    if min(height, width) < 2 * window:
         return to_tile(image, tile_size)[None]
-    ys = window_starts(height, tile_size, tile_size)
-    xs = window_starts(width, tile_size, tile_size)
-    return cut_windows(image, ys, xs, tile_size)
+    ys, xs = window_starts(height, window, window), window_starts(width, window, window)
+    windows = cut_windows(image, ys, xs, window)
+    if window == tile_size:
+        return windows
+    return np.stack([to_tile(w, tile_size) for w in windows])
 
 
-def images_as_tiles(images: Sequence[np.ndarray], tile_size: int) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
+def images_as_tiles(images: Sequence[np.ndarray], tile_size: int,
+                    window: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Every image's tiles (``image_tiles``) stacked, and the image each tile is of."""
-    parts = [image_tiles(image, tile_size) for image in images]
+    parts = [image_tiles(image, tile_size, window) for image in images]
     if not parts:
         return np.zeros((0, tile_size, tile_size, 3), np.uint8), np.zeros(0, int)
     owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(parts)])
@@ -930,10 +935,10 @@ def predict_images(settings: PredictSettings) -> dict:
         ensemble = load_ensemble(m.run_dir, m.folds)
         info = ensemble[0][1]
         threshold = info.threshold
-        tiles, owner = images_as_tiles(decoded, info.tile_size)
+        tiles, owner = images_as_tiles(decoded, info.tile_size, info.window)
         print(f"run {m.run_dir}: the images as {len(tiles):,} tile(s) of {info.tile_size}x"
-              f"{info.tile_size} (an image two tiles wide and high or more: the tiles "
-              "that cover it)", flush=True)
+              f"{info.tile_size} (an image at least {2 * info.window} px a side: the "
+              f"{info.window} px windows that cover it)", flush=True)
         per_run.append(answer_images(
             predict_tiles(ensemble, tiles, views, m.config.augment, _batch_images(settings, m),
                           settings.average), owner, len(decoded), threshold))

@@ -113,6 +113,9 @@ class ModelInfo:
         threshold: the decision threshold for ``positive``, chosen on the run's
             pooled out-of-fold predictions (0.5 until every fold has finished).
         pcam_version: the version of pcam that trained it.
+        source_side: the shorter side of the images its tiles were made from
+            (``pcam.sources.Source.source_side``): a larger image is answered
+            as windows of that side, each made a tile, at the training scale.
     """
 
     classes: tuple[str, ...]
@@ -124,10 +127,17 @@ class ModelInfo:
     image_size: int = 0
     threshold: float = 0.5
     pcam_version: str = ""
+    source_side: int = 0
 
     @property
     def binary(self) -> bool:
         return len(self.classes) == 2
+
+    @property
+    def window(self) -> int:
+        """Side, in an image's own pixels, of the part of it one tile was made from
+        (the training images' side; a model.json without it: the tile size)."""
+        return self.source_side or self.tile_size
 
     @property
     def input_size(self) -> int:

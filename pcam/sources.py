@@ -49,6 +49,9 @@ class Source:
             the tile size (class folders), or refused (Kaggle's tiles must be 96x96).
         bad: (path, problem) of images left out by the scan (``--skip-bad``).
         summary: one line saying what was found.
+        source_side: the shorter side of the images most of the tiles were
+            made from (their scale: an image twice that size holds several
+            tiles' worth of tissue); 0 when unknown.
     """
 
     kind: str
@@ -60,6 +63,7 @@ class Source:
     resize: bool
     bad: tuple = ()
     summary: str = ""
+    source_side: int = 0
 
     @property
     def positive(self) -> str:
@@ -107,7 +111,7 @@ def _kaggle(root: Path, data: DataSettings) -> Source:
     summary = (f"Kaggle layout: {len(train.ids):,} train tiles ({classes[0]} {counts[0]:,}, "
                f"{classes[1]} {counts[1]:,}), {len(test.ids):,} test tiles, {size}x{size} TIFF")
     return Source("kaggle", classes, size, competition.LABEL_REGION, train, test,
-                  resize=False, summary=summary)
+                  resize=False, summary=summary, source_side=size)
 
 
 # --- class folders ------------------------------------------------------------------
@@ -180,8 +184,9 @@ def _folders(root: Path, data: DataSettings) -> Source:
                   if test is not None else "")
                + (f"; {len(bad)} unusable image(s) left out" if bad else "")
                + (f"; {len(others)} non-image file(s) ignored (e.g. {others[0]})" if others else ""))
+    (common, _), = sizes.most_common(1) if sizes else [((tile_size, tile_size), 0)]
     return Source("folders", classes, tile_size, 0, train, test, resize=True,
-                  bad=tuple(bad), summary=summary)
+                  bad=tuple(bad), summary=summary, source_side=min(common))
 
 
 def _choose_classes(train_root: Path, present: list[str], data: DataSettings) -> tuple[str, ...]:

@@ -492,6 +492,7 @@ def _finish(split, source, out, chunks, names, fp, bad, say) -> Store:
         "class_counts": {(source.classes[k] if k >= 0 else "unlabelled"): int(v)
                          for k, v in counts.items()},
         "tile_shape": [source.tile_size, source.tile_size, 3],
+        "source_side": source.source_side,
         # Sizes let a re-run see a shard deleted or cut short (shard_problems).
         "shards": [{"file": name, "n_tiles": sum(t not in left_out for t in chunk),
                     "bytes": (out / name).stat().st_size}

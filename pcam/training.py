@@ -515,7 +515,8 @@ def model_info(settings: RunSettings, store: Store, threshold: float = 0.5) -> M
                      tile_size=store.tile_size, centre_crop=settings.augment.centre_crop,
                      label_region=store.label_region,
                      backbone=settings.model.backbone, image_size=settings.model.image_size,
-                     threshold=threshold, pcam_version=__version__)
+                     threshold=threshold, pcam_version=__version__,
+                     source_side=int(store.manifest.get("source_side", 0)))
 
 
 @tf.autograph.experimental.do_not_convert

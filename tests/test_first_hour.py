@@ -153,6 +153,7 @@ def test_small_data_is_warned_with_what_to_change():
 def test_a_large_image_is_answered_as_the_tiles_that_cover_it():
     import numpy as np
 
+    from pcam.images import to_tile
     from pcam.inference import answer_images, image_tiles, images_as_tiles
 
     rng = np.random.default_rng(0)
@@ -163,6 +164,12 @@ def test_a_large_image_is_answered_as_the_tiles_that_cover_it():
     small = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)  # under 2 tiles: one tile
     stacked, owner = images_as_tiles([small, mosaic], 32)
     assert len(stacked) == 7 and list(owner) == [0] + [1] * 6
+    # Trained on 48 px images made 32 px tiles: 96 px holds 2x2 of them, at that scale.
+    square = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    scaled = image_tiles(square, 32, window=48)
+    assert scaled.shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(scaled[3], to_tile(square[48:, 48:], 32))
+    assert image_tiles(square[:90], 32, window=48).shape == (1, 32, 32, 3)
     # Two classes: the highest tile, and the share of tiles over the threshold.
     two = answer_images(np.array([0.2, 0.1, 0.9, 0.3, 0.1, 0.1, 0.6]), owner, 2, 0.5)
     np.testing.assert_allclose(two.probs, [0.2, 0.9])
@@ -232,7 +239,8 @@ def walk(work: Path, data: Path, run: str = "") -> None:
         ok(user(work, "predict.py", "--run", "latest", "--images", mosaic))
         trained = (work / "runs" / "latest").resolve().name
         answer = pd.read_csv(work / "predictions" / f"{trained}-mosaic.csv")
-        assert answer["tiles"].tolist() == [16]  # 448 px in 128 px tiles, not one shrunk tile
+        # 448 px: four of the 224 px images the model learnt from, each made a tile.
+        assert answer["tiles"].tolist() == [4]
         ok(user(work, "evaluate.py", "--run", "latest", "--bootstrap", "20"))
         assert (work / "runs" / "latest" / "report" / "index.html").is_file()
     assert not (data / "store").exists() and not (work / "latest").exists()

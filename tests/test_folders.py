@@ -113,7 +113,9 @@ def test_a_class_folder_dataset_trains_reports_predicts_and_explains(runs, name,
     status, _, _ = cli(predict, "--run", run, "--images", data, "--out", out, "--tta", 2)
     assert status == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path", "predicted", *classes]
+    assert list(table.columns) == ["path", "predicted", *classes, "tiles",
+                                   *[f"area_{c}" for c in classes]]
+    assert (table["tiles"] == 1).all()  # images the size of the training ones: one tile each
     assert len(table) == sum(1 for _ in data.rglob("*.*"))
     np.testing.assert_allclose(table[classes].sum(axis=1), 1, atol=1e-5)
     assert set(table["predicted"]) <= set(classes)
