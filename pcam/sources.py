@@ -279,8 +279,9 @@ def _tile_size(sizes: Counter, wanted: int, cap: int = 0) -> tuple[int, str]:
                 return h, f"{w}x{h}"
         if cap:
             return _tile_size(sizes, cap)
-        raise PcamError(f"the images are not all one square size ({shown}); pass --tile-size N: "
-                        "each image is then centre-cropped to a square and resized to NxN")
+        raise PcamError(f"the images are not all one square size ({shown}); pass --tile-size N "
+                        "(or --max-tile-size N): each image is then centre-cropped to a square "
+                        "and resized to NxN")
     if wanted < 8:
         raise PcamError(f"--tile-size {wanted}: give a side of at least 8 pixels")
     cropped = sum(n for (h, w), n in sizes.items() if h != w)

@@ -102,6 +102,17 @@ def test_the_recipe_fits_the_machine_and_the_source():
     assert recipes.choose("gpu", "folders", accelerator=False).defaults == {}
 
 
+def test_the_cpu_recipes_size_cap_resizes_large_and_mixed_images_never_small_ones():
+    from collections import Counter
+
+    from pcam.sources import _tile_size
+
+    assert _tile_size(Counter({(224, 224): 9}), 0, 128)[0] == 128
+    assert _tile_size(Counter({(96, 96): 9}), 0, 128) == (96, "96x96")  # not upsampled
+    assert _tile_size(Counter({(50, 30): 1, (40, 40): 1}), 0, 128)[0] == 128
+    assert _tile_size(Counter({(224, 224): 9}), 64, 128)[0] == 64  # --tile-size wins
+
+
 def parsed(argv) -> RunSettings:
     parser = new_parser("train.py", "")
     from pcam.cli import add_settings

@@ -202,9 +202,9 @@ def _damage(case: str, root: Path) -> list:
         rgba = np.full((40, 40, 4), 200, np.uint8)
         rgba[0, 0, 3] = 0
         Image.fromarray(rgba, "RGBA").save(mal / "0.png")
-    elif case == "mixed sizes":
+    elif case == "mixed sizes":  # the GPU recipe has no size cap (the CPU recipe's resizes)
         Image.fromarray(np.zeros((50, 30, 3), np.uint8)).save(mal / "0.png")
-        return []
+        return ["--recipe", "gpu"]
     elif case == "missing class":
         return ["--classes", "benign,atypical"]
     elif case == "positive not a class":
