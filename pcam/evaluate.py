@@ -232,7 +232,8 @@ def submission_source(path: Path, answers: str) -> Source:
                      "threshold are optimistic.")
     data = run.get("data", {})
     if data:
-        store_path = Path(data.get("store_dir") or default_store(data["data_dir"])) / "test"
+        store_path = Path(data.get("store_dir") or default_store(
+            data["data_dir"], data.get("tile_size", 0), data.get("max_tile_size", 0))) / "test"
         store = _open_or_none(store_path, notes)
     return Source(title=f"submission {path.name} against {Path(answers).name}",
                   groups={TEST: frame}, oof=oof, config=config, classes=classes, store=store,

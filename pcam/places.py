@@ -37,17 +37,21 @@ KAGGLE_INPUT = Path("/kaggle/input")
 COMPETITION = "histopathologic-cancer-detection"
 
 
-def default_store(data_dir: str | Path) -> Path:
+def default_store(data_dir: str | Path, tile_size: int = 0, max_tile_size: int = 0) -> Path:
     """The store folder of the source ``data_dir`` when ``--store-dir`` is not given:
     an earlier pcam's ``DATA_DIR/store`` when one is there, else
-    ``stores/<name>-<hash of the absolute path>`` in the working folder."""
+    ``stores/<name>-<hash of the absolute path>`` in the working folder, with
+    ``-<N>px`` or ``-max<N>px`` when a tile size or cap is asked for: the GPU
+    and CPU recipes' stores of one folder (224 and 128 px) then live side by
+    side instead of rebuilding each other."""
     legacy = Path(data_dir) / LEGACY_STORE
     if is_store(legacy):
         return legacy
     absolute = Path(os.path.abspath(data_dir))
     key = hashlib.sha1(str(absolute).encode()).hexdigest()[:8]
     name = _slug(absolute.name) or "data"
-    return STORES / f"{name}-{key}"
+    size = f"-{tile_size}px" if tile_size else f"-max{max_tile_size}px" if max_tile_size else ""
+    return STORES / f"{name}-{key}{size}"
 
 
 def is_store(folder: Path) -> bool:

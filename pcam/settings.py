@@ -120,7 +120,8 @@ class DataSettings:
     def store_path(self) -> Path:
         from pcam.places import default_store
 
-        return Path(self.store_dir) if self.store_dir else default_store(self.data_dir)
+        return (Path(self.store_dir) if self.store_dir
+                else default_store(self.data_dir, self.tile_size, self.max_tile_size))
 
 
 @dataclass(frozen=True)

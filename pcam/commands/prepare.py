@@ -9,6 +9,7 @@ A store that is up to date is reused in well under a second.
 """
 
 from pcam.cli import add_settings, command, machine_defaults, new_parser, settings_from_args
+from pcam.recipes import RECIPES
 from pcam.settings import DataSettings
 
 
@@ -17,8 +18,14 @@ def main(argv=None):
     parser = new_parser("prepare.py", __doc__)
     parser.add_argument("--demo", action="store_true",
                         help="unpack the bundled sample of real PCam tiles and use it as DATA_DIR")
+    parser.add_argument("--recipe", default="auto", choices=RECIPES,
+                        help="build the store train.py's recipe will use (the CPU recipe "
+                             "caps class-folder images at 128 px): auto, gpu or cpu, as "
+                             "train.py chooses it (default: auto)")
     add_settings(parser, DataSettings, "data")
-    machine_defaults(parser, argv, recipe=False)  # a Kaggle notebook's mounted competition
+    # The same store train.py will ask for (a Kaggle notebook's mounted
+    # competition, the recipe's tile size): else each rebuilt it in turn.
+    machine_defaults(parser, argv)
     args = parser.parse_args(argv)
 
     from pcam import demo
