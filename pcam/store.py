@@ -99,7 +99,9 @@ def open_store(path: Path) -> Store:
     if manifest.get("format") != FORMAT:
         raise PcamError(f"{path}: store format {manifest.get('format')} is not {FORMAT}; "
                         "run scripts/prepare.py again, which rebuilds it")
-    return Store(path, manifest)
+    # Its full path: a store opened under a relative default (stores/...) stays
+    # readable if the process changes folder.
+    return Store(Path(os.path.abspath(path)), manifest)
 
 
 def fingerprint(split: Split, source: Source) -> str:

@@ -6,6 +6,7 @@ with a message that says so.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,12 @@ def make_layout(dest: Path, train: int, test: int, seed: int = 0, zip_path: Path
         cmd += ["--zip", str(zip_path)]
     subprocess.run(cmd, check=True, capture_output=True)
     return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_in_tmp(tmp_path_factory):
+    """Module and session fixtures, too, run outside the repository."""
+    os.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(autouse=True)
