@@ -506,4 +506,4 @@ def _finish(split, source, out, chunks, names, fp, bad, say) -> Store:
     say(f"{split.name} store ready: {out} ({len(index):,} tiles in {len(names)} shard(s)"
         + (f", {len(bad)} bad tile(s) left out, listed in {out / 'bad_tiles.csv'}" if bad else "")
         + ")")
-    return Store(out, manifest)
+    return Store(Path(os.path.abspath(out)), manifest)
