@@ -80,12 +80,27 @@ def kaggle_competition(input_root: Path | None = None) -> Path | None:
     return candidate if (candidate / "train_labels.csv").is_file() else None
 
 
-def default_run_name(data_dir: str | Path = "") -> str:
-    """The data folder's name and the time, e.g. ``oral-oscc-20261207-143205``: a
-    name a user recognises in runs/ (``runs/latest`` names the last one)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+def default_run_name(data_dir: str | Path = "", recipe: dict | None = None) -> str:
+    """A run's name when ``--run`` is not given.
+
+    With ``recipe`` (the run's settings as ``pcam.settings.to_dict`` gives
+    them): the data folder's name and a hash of what is trained, e.g.
+    ``oral-oscc-3f9a2c1d``, so that the same command run again resumes the
+    same run (a timestamp started a new one each time) and changed settings
+    start another. Where things are, devices and reporting are left out of the
+    hash, as a resumed run may change them. Without it: the name and the time.
+    """
     name = _slug(Path(os.path.abspath(data_dir)).name) if data_dir else ""
-    return f"{name}-{stamp}" if name else stamp
+    if recipe is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return f"{name}-{stamp}" if name else stamp
+    trained = {k: v for k, v in recipe.items()
+               if k not in ("run", "runs_dir", "fold", "report", "recipe", "device")}
+    trained["data"] = {k: v for k, v in trained.get("data", {}).items()
+                       if k not in ("store_dir", "workers", "shard_tiles", "skip_bad")}
+    trained["data"]["data_dir"] = os.path.abspath(data_dir) if data_dir else ""
+    key = hashlib.sha1(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{name or 'run'}-{key}"
 
 
 def _slug(name: str) -> str:

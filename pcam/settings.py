@@ -343,7 +343,8 @@ class RunSettings:
                                "given on the command line always win",
                        choices=("auto", "gpu", "cpu"))
     run: str = _opt("", "run name: results go to RUNS_DIR/RUN (default: the data folder's "
-                        "name and the date; RUNS_DIR/latest names the last run)")
+                        "name and a hash of the settings, so the same command again resumes "
+                        "the same run; RUNS_DIR/latest names the last run)")
     runs_dir: str = _opt("runs", "folder that holds the runs")
     fold: int = _opt(-1, "train only this fold (to spread folds over machines; -1: all)")
     report: bool = _opt(True, "write the evaluation report (RUN/report/index.html, see "

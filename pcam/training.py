@@ -94,7 +94,8 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
         The CV summary once every fold is finished, else None.
     """
     if not settings.run:
-        settings = dataclasses.replace(settings, run=places.default_run_name(settings.data.data_dir))
+        settings = dataclasses.replace(settings, run=places.default_run_name(
+            settings.data.data_dir, to_dict(settings)))
     k_all = settings.folds.folds
     # The strategy comes first: a multi-worker strategy must exist before any
     # other TensorFlow op runs.

@@ -19,8 +19,10 @@ folds.csv, fold_<k>/best.keras, histories, out-of-fold predictions, cv.json,
 report/index.html. Run the same command again to resume: finished folds are
 skipped and an unfinished one continues from its last epoch.
 """
+from dataclasses import replace
+
 from pcam.cli import add_settings, command, machine_defaults, new_parser, settings_from_args
-from pcam.settings import RunSettings
+from pcam.settings import RunSettings, to_dict
 
 
 @command
@@ -42,8 +44,10 @@ def main(argv=None):
     # Checks that need no TensorFlow come first: a mistake is told in a second.
     from pcam import places, preflight, recipes
 
-    settings = settings_from_args(RunSettings, args, recipe=recipe.name,
-                                  run=args.run or places.default_run_name(args.data_dir))
+    settings = settings_from_args(RunSettings, args, recipe=recipe.name)
+    if not settings.run:  # the same command again resumes the same run
+        settings = replace(settings, run=places.default_run_name(
+            settings.data.data_dir, to_dict(settings)))
     source = preflight.check_run(settings)
     print(recipes.describe(recipe, settings.model.backbone, settings.model.weights,
                            settings.train.epochs_frozen + settings.train.epochs_finetune,
