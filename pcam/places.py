@@ -11,8 +11,10 @@ then says whether the files changed). A store that an earlier pcam wrote
 inside the data folder is recognised by its manifest, used where it is,
 and never scanned as a class.
 
-``runs/latest`` names the last run trained, so that the next command can
-say ``--run latest``.
+Runs: a run's default name is the data folder's and a hash of what is
+trained (the same command again resumes it); ``runs/latest`` names the last
+run trained, so that the next command can say ``--run latest``; a run in a
+folder that cannot be written (a Kaggle input) resumes in a copy.
 
 Nothing here imports TensorFlow or any other pcam module but ``errors``.
 """
