@@ -25,7 +25,8 @@ def main(argv=None):
     add_settings(parser, DataSettings, "data")
     # The same store train.py will ask for (a Kaggle notebook's mounted
     # competition, the recipe's tile size): else each rebuilt it in turn.
-    machine_defaults(parser, argv)
+    if not parser.parse_known_args(argv)[0].demo:  # the demo's folder is its own
+        machine_defaults(parser, argv)
     args = parser.parse_args(argv)
 
     from pcam import demo
