@@ -56,11 +56,11 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
             group.add_argument(flag, dest=f.name, default=f.default,
                                action=argparse.BooleanOptionalAction, help=help_text)
             continue
+        cpu = _cpu_recipe(f.name)
         if f.default not in ("", 0, 0.0, -1, ()):
-            help_text += f" (default: {f.default}"
-            help_text += f"{_cpu_recipe(f.name)})" if _cpu_recipe(f.name) else ")"
-        elif _cpu_recipe(f.name):
-            help_text += f" ({_cpu_recipe(f.name).lstrip('; ')})"
+            help_text += f" (default: {f.default}{cpu})"
+        elif cpu:
+            help_text += f" ({cpu.lstrip('; ')})"
         kind = comma_list if isinstance(f.default, tuple) else type(f.default)
         group.add_argument(flag, dest=f.name, type=kind, default=f.default,
                            choices=f.metadata.get("choices"), help=help_text,
