@@ -205,10 +205,11 @@ def stages(run: Path, tiles: list[Path]) -> list[tuple]:
     (``pcam.app``'s functions, without Streamlit), before and after issue
     14's speed-ups: the median over ``tiles``, each step warmed once first."""
     import pcam.app as app
-    from pcam.figures import explanation, explanation_panels
-    from pcam.gradcam import gradcam
-    from pcam.images import decode_bytes
-    from pcam.inference import as_tiles, predict_batches, tta_predictor
+    from pcam.data.images import decode_bytes
+    from pcam.models.gradcam import gradcam
+    from pcam.predict.ensemble import as_tiles
+    from pcam.predict.tta import predict_batches, tta_predictor
+    from pcam.report.figures import explanation, explanation_panels
 
     loaded = app.load(str(run), (0,))
     info = loaded.info
@@ -300,7 +301,7 @@ def screenshots(driver, url: str, tile: Path, work: Path, shots: Path) -> None:
     desktop and phone width."""
     from PIL import Image
 
-    from pcam.images import decode_image
+    from pcam.data.images import decode_image
 
     big = work / "mosaic-2x2.png"
     four = [decode_image(p)[0] for p in

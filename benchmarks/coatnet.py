@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import require_real_tiles, table
 from train_step import steps_per_second
 
@@ -32,7 +31,7 @@ BACKBONES = ("resnet50", "coatnet-0")
 
 def real_batch(n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` real train tiles, half of each label, and their labels."""
-    from pcam.images import decode_image
+    from pcam.data.images import decode_image
 
     root = require_real_tiles() / "train"
     tiles, labels = [], []
@@ -55,7 +54,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from pcam.models import create_model
+    from pcam.models.registry import create_model
 
     images, labels = real_batch(args.batch_size)
     data = tf.data.Dataset.from_tensors((images, labels)).repeat()

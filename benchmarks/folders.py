@@ -11,7 +11,7 @@ process (so each peak memory is its own):
   and a random 90-degree rotation as Keras layers, mapped over the batches,
   prefetched.
 * **pcam**: the class-folder source scanned, ingested once into the tile
-  store (parallel decode), then ``pcam.pipeline.train_dataset`` (the store in
+  store (parallel decode), then ``pcam.data.pipeline.train_dataset`` (the store in
   RAM, a full shuffle per epoch, the dihedral augmentation compiled with XLA).
 
 Targets (issue 12): from the second epoch on, pcam delivers >= 5x the
@@ -69,9 +69,9 @@ def keras_side(epochs: int) -> dict:
 def pcam_side(epochs: int, work: Path) -> dict:
     import numpy as np
 
-    from pcam.pipeline import train_dataset
+    from pcam.data.pipeline import train_dataset
+    from pcam.data.store import prepare
     from pcam.settings import AugmentSettings, DataSettings, InputSettings
-    from pcam.store import prepare
 
     shutil.rmtree(work / "store", ignore_errors=True)
     start = time.perf_counter()

@@ -6,7 +6,7 @@ One image of SIDE x SIDE pixels, a mosaic of real PCam tiles, is mapped with
 windows of 96 px every STRIDE px (2,048 px at stride 32: 62 x 62 = 3,844
 windows) by the compact CNN (simple-cnn, random weights: speed does not
 depend on them), in the same process:
-  1. ``pcam.heatmap.heat_map``: windows cut from a strided view and sent
+  1. ``pcam.explain.heatmap.heat_map``: windows cut from a strided view and sent
      through ``predict_tiles`` 256 at a time, then averaged per pixel;
   2. the loop it replaces: each window cut and sent through the model alone
      (``model(window[None])``, the cheapest per-tile call Keras offers, no
@@ -26,7 +26,7 @@ from common import require_real_tiles, table
 
 def mosaic(side: int) -> np.ndarray:
     """A SIDE x SIDE image tiled from real 96 px PCam tiles (both labels)."""
-    from pcam.images import decode_image
+    from pcam.data.images import decode_image
 
     real = require_real_tiles()
     n = -(-side // 96)
@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--loop-windows", type=int, default=300)
     args = parser.parse_args()
 
-    from pcam.heatmap import cut_windows, heat_map, window_starts
-    from pcam.models import create_model
+    from pcam.explain.heatmap import cut_windows, heat_map, window_starts
+    from pcam.models.registry import create_model
     from pcam.runs import ModelInfo
 
     image = mosaic(args.side)
@@ -79,7 +79,7 @@ def main() -> None:
     batched_rate, loop_rate = windows / batched_s, done / loop_s
     table(f"heat map of a {args.side}x{args.side} image, 96 px windows every {args.stride} px "
           f"({len(ys)}x{len(xs)} = {windows:,} windows), simple-cnn on this CPU",
-          [("batched (pcam.heatmap.heat_map)", f"{windows:,}", f"{batched_s:.2f}",
+          [("batched (pcam.explain.heatmap.heat_map)", f"{windows:,}", f"{batched_s:.2f}",
             f"{batched_rate:,.0f}", "1.0x"),
            ("per-tile loop (model(window[None]))", f"{done:,}", f"{loop_s:.2f}",
             f"{loop_rate:,.0f}", f"{loop_rate / batched_rate:.2f}x"),

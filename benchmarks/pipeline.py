@@ -32,9 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import kaggle_layout, replicate_layout, table
-
 import numpy as np  # noqa: E402
+from common import kaggle_layout, replicate_layout, table
 
 
 def rate(n, seconds):
@@ -45,10 +44,10 @@ def bench_ingest(layout: Path, work: Path) -> list[tuple]:
     import tensorflow  # noqa: F401 -- imported before the clock starts: measure ingest, not import
     import tifffile
 
-    from pcam.images import decode_image
+    from pcam.data.images import decode_image
+    from pcam.data.sources import read_source
+    from pcam.data.store import build_store
     from pcam.settings import DataSettings
-    from pcam.sources import read_source
-    from pcam.store import build_store
 
     out = work / "store-ingest"
     settings = DataSettings(data_dir=str(layout), store_dir=str(out))
@@ -79,11 +78,11 @@ def bench_pipeline(layout: Path, store_path: Path) -> list[tuple]:
     import tensorflow as tf
     import tifffile
 
-    from pcam.augment import COLOUR_FIELDS, RandomColourStain
-    from pcam.competition import read_competition
-    from pcam.pipeline import train_dataset
+    from pcam.data.augment import COLOUR_FIELDS, RandomColourStain
+    from pcam.data.competition import read_competition
+    from pcam.data.pipeline import train_dataset
+    from pcam.data.store import open_store
     from pcam.settings import AugmentSettings, InputSettings
-    from pcam.store import open_store
 
     train, _ = read_competition(layout)
     store = open_store(store_path)
@@ -149,8 +148,8 @@ def epoch_time(ds) -> float:
 
 MEMORY_PROBE = """
 import json, resource, sys, numpy as np
-from pcam.pipeline import train_dataset
-from pcam.store import open_store
+from pcam.data.pipeline import train_dataset
+from pcam.data.store import open_store
 store = open_store(sys.argv[1])
 ds = train_dataset(store, np.arange(store.n_tiles))
 for epoch in range(2):
@@ -160,8 +159,8 @@ print(json.dumps({"tiles": n, "peak_kb": resource.getrusage(resource.RUSAGE_SELF
 
 
 def bench_memory(layout: Path, work: Path, copies: int) -> list[tuple]:
+    from pcam.data.store import prepare
     from pcam.settings import DataSettings
-    from pcam.store import prepare
 
     big = replicate_layout(layout, work / f"layout-x{copies}", copies)
     store = prepare(DataSettings(data_dir=str(big)), splits=("train",), quiet=True)["train"]

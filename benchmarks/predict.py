@@ -48,8 +48,8 @@ def gib(n: float) -> str:
 
 
 def test_store(layout: Path):
+    from pcam.data.store import prepare
     from pcam.settings import DataSettings
-    from pcam.store import prepare
 
     return prepare(DataSettings(data_dir=str(layout)), splits=("test",), quiet=True)["test"]
 
@@ -57,8 +57,8 @@ def test_store(layout: Path):
 def timed(model, store, views) -> tuple[float, float]:
     """(wall, CPU) seconds to predict every tile of ``store`` with ``views``, the
     graph traced before the clock starts."""
-    from pcam.inference import predict_batches, tta_predictor
-    from pcam.pipeline import predict_dataset
+    from pcam.data.pipeline import predict_dataset
+    from pcam.predict.tta import predict_batches, tta_predictor
     from pcam.settings import InputSettings
 
     ds = predict_dataset(store, InputSettings(batch_size=max(1, BATCH_IMAGES // len(views))))
@@ -74,8 +74,8 @@ def timed(model, store, views) -> tuple[float, float]:
 def bench_tta(store, rounds: int) -> list[tuple]:
     """Every TTA size once per round, interleaved, so that a busy spell of the
     machine's other work hits every size alike; medians over the rounds."""
-    from pcam.inference import TTA_VIEWS
-    from pcam.models import create_model
+    from pcam.models.registry import create_model
+    from pcam.predict.tta import TTA_VIEWS
 
     model = create_model("simple-cnn", weights="none")
     timed(model, store, TTA_VIEWS[1])  # warm-up: the page cache holds the store from now on
@@ -97,9 +97,9 @@ def bench_tta(store, rounds: int) -> list[tuple]:
 
 MEMORY_PROBE = """
 import json, resource, sys, threading, time
-from pcam.inference import TTA_VIEWS, predict_store
-from pcam.models import create_model
-from pcam.store import open_store
+from pcam.predict.tta import TTA_VIEWS, predict_store
+from pcam.models.registry import create_model
+from pcam.data.store import open_store
 store = open_store(sys.argv[1])
 size, tta = int(sys.argv[2]), int(sys.argv[3])
 model = create_model("simple-cnn", image_size=size, tile_size=96, weights="none")

@@ -12,7 +12,7 @@ The real tiles are laid out as the competition ships them (train/ from the
 20,000 train tiles, test/ from the 3,000 valid tiles, answers beside). The
 recipe trains fold 0 of 10 (18,000 tiles learn, 2,000 choose the best epoch)
 through scripts/train.py exactly as a user runs it; the best model then
-predicts the 3,000 held-out valid tiles through pcam.inference.predict (what
+predicts the 3,000 held-out valid tiles through pcam.commands.predict.predict (what
 scripts/predict.py runs: without test-time augmentation, and with its
 default 8 dihedral views), scored against their labels. The floor to clear:
 a logistic regression on 14 colour statistics gets AUC 0.80.
@@ -67,7 +67,7 @@ def main():
 
     import pandas as pd
 
-    from pcam.inference import predict
+    from pcam.commands.predict import predict
     from pcam.metrics import auc
     from pcam.settings import PredictSettings
 

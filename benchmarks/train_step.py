@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import kaggle_layout, table
 
 
@@ -58,10 +57,10 @@ def main():
     import keras
     import tensorflow as tf
 
-    from pcam.models import create_model
-    from pcam.pipeline import train_dataset
+    from pcam.data.pipeline import train_dataset
+    from pcam.data.store import prepare
+    from pcam.models.registry import create_model
     from pcam.settings import DataSettings, InputSettings
-    from pcam.store import prepare
 
     store = prepare(DataSettings(data_dir=str(layout)), splits=("train",), quiet=True)["train"]
     inputs = InputSettings(batch_size=args.batch_size)

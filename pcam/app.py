@@ -4,11 +4,11 @@
     pcam-app --run runs/NAME/fold_0/best.keras  # one model file (its model.json beside it)
     streamlit run pcam/app.py -- --run runs/NAME
 
-Streamlit lays out what pcam's library computes: ``pcam.images.decode_bytes``
+Streamlit lays out what pcam's library computes: ``pcam.data.images.decode_bytes``
 reads the uploads (the same decoder as every other command),
-``pcam.inference.predict_tiles`` gives the probabilities (fold ensemble x
-test-time views, all uploads in one model call), ``pcam.gradcam`` the
-evidence, ``pcam.heatmap`` the maps of images larger than a tile. Nothing
+``pcam.predict.ensemble.predict_tiles`` gives the probabilities (fold ensemble x
+test-time views, all uploads in one model call), ``pcam.models.gradcam`` the
+evidence, ``pcam.explain.heatmap`` the maps of images larger than a tile. Nothing
 here computes on pixels itself.
 
 Streamlit runs this whole file again on every upload and every click, so
@@ -49,7 +49,7 @@ KEEP = 256  # uploads' results kept per cached step (a Grad-CAM PNG is ~0.1 MB)
 
 def main(argv=None) -> None:
     """``pcam-app [--run R] [--runs-dir D] [--port P]``: serve this page (``streamlit run``)."""
-    from pcam.cli import run
+    from pcam.commands.cli import run
 
     run(launch, argv)
 
@@ -140,8 +140,8 @@ class Loaded:
     """A run's models for one fold choice, loaded once (``st.cache_resource``).
 
     Attributes:
-        ensemble: ``(model, ModelInfo)`` per fold (``pcam.inference.load_ensemble``).
-        explain: Grad-CAM of the first of them (``pcam.gradcam.explainer``).
+        ensemble: ``(model, ModelInfo)`` per fold (``pcam.predict.ensemble.load_ensemble``).
+        explain: Grad-CAM of the first of them (``pcam.models.gradcam.explainer``).
     """
 
     ensemble: list
@@ -154,9 +154,9 @@ class Loaded:
 
 def load(run: str, folds: tuple) -> Loaded:
     """The models of ``folds`` of ``run`` (``(-1,)``: ``run`` is a model file)."""
-    from pcam.gradcam import explainer
-    from pcam.inference import load_ensemble
-    from pcam.runs import load_model_with_info
+    from pcam.models.gradcam import explainer
+    from pcam.models.saved import load_model_with_info
+    from pcam.predict.ensemble import load_ensemble
 
     ensemble = ([load_model_with_info(Path(run))] if is_model_file(run)
                 else load_ensemble(Path(run), folds))
@@ -165,10 +165,11 @@ def load(run: str, folds: tuple) -> Loaded:
 
 
 def probabilities(loaded: Loaded, images: list, views: tuple):
-    """Every image's answer (``pcam.inference.ImageAnswers``): an image two tiles wide
+    """Every image's answer (``pcam.predict.images.ImageAnswers``): an image two tiles wide
     and high or more as the tiles that cover it, as predict.py answers it; all the
     tiles in one model call per fold."""
-    from pcam.inference import answer_images, images_as_tiles, predict_tiles
+    from pcam.predict.ensemble import predict_tiles
+    from pcam.predict.images import answer_images, images_as_tiles
 
     info = loaded.info
     tiles, owner = images_as_tiles(images, info.tile_size, info.window)
@@ -177,15 +178,15 @@ def probabilities(loaded: Loaded, images: list, views: tuple):
 
 
 def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
-    """One image's Grad-CAM pictures (``pcam.figures.explanation_panels``) as
+    """One image's Grad-CAM pictures (``pcam.report.figures.explanation_panels``) as
     PNG bytes, the first model's probability of ``target`` and the raw
     map's peak (0: no evidence anywhere)."""
     import numpy as np
 
-    from pcam.augment import compose, eval_ops
-    from pcam.figures import explanation_panels
-    from pcam.gradcam import gradcam
-    from pcam.inference import as_tiles
+    from pcam.data.augment import compose, eval_ops
+    from pcam.models.gradcam import gradcam
+    from pcam.predict.ensemble import as_tiles
+    from pcam.report.figures import explanation_panels
 
     info = loaded.info
     tile = as_tiles([image], info.tile_size)
@@ -202,8 +203,8 @@ def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
 
 
 def heat_map_png(loaded: Loaded, image, views: tuple, name: str) -> bytes:
-    """The heat map over an image larger than a tile, as a PNG (``pcam.heatmap``)."""
-    from pcam.heatmap import heat_map, heat_map_figure
+    """The heat map over an image larger than a tile, as a PNG (``pcam.explain.heatmap``)."""
+    from pcam.explain.heatmap import heat_map, heat_map_figure
 
     heat = heat_map(loaded.ensemble, image, loaded.info, views=views)
     return figure_png(heat_map_figure(heat, image, name))
@@ -224,7 +225,7 @@ def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (for the page and its download button), then closed."""
     import matplotlib.pyplot as plt
 
-    from pcam.figures import DPI
+    from pcam.report.figures import DPI
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
@@ -264,7 +265,8 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     # which looked like a hung page; say what is happening while it does.
     quiet.install(pcam.USER_TF_LOG_LEVEL)  # the server's terminal: no C++ start-up log
     with st.spinner("starting TensorFlow (up to a minute the first time) ..."):
-        from pcam.inference import TTA_VIEWS, probability_table, with_areas
+        from pcam.predict.images import probability_table, with_areas
+        from pcam.predict.tta import TTA_VIEWS
 
     run, folds, tta = choose_run(args)
     try:
@@ -468,7 +470,7 @@ def _cached_steps():  # pragma: no cover - streamlit
     """The page's steps as Streamlit keeps them, for ``page``'s module globals."""
     import streamlit as st
 
-    from pcam.images import decode_bytes
+    from pcam.data.images import decode_bytes
 
     @st.cache_resource(show_spinner="loading the models ...", max_entries=4)
     def load_models(run: str, folds: tuple) -> Loaded:

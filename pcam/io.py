@@ -2,7 +2,7 @@
 
 A reader (or a re-run after a crash) sees either the old file or the whole
 new one, never half of it. Temporary names are ``.NAME.tmp-PID`` (Keras
-checkpoints add their extension after it, see ``pcam.checkpoints``), so
+checkpoints add their extension after it, see ``pcam.train.checkpoints``), so
 that a clean-up can recognise pcam's own leftovers, and whose they were.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 
 import pandas as pd
+
+from pcam.errors import PcamError
 
 # .NAME.tmp-PID, optionally followed by an extension (.keras, .weights.h5).
 TEMPORARY = re.compile(r"^\..+\.tmp-(?P<pid>\d+)(\.[A-Za-z0-9.]+)?$")
@@ -62,6 +64,20 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
     return removed
+
+
+def check_writable(out: Path, option: str = "--out") -> None:
+    """Refuse early an output whose folder cannot be made: before minutes of
+    work, not after (a read-only disk, a file where the folder should be)."""
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise cannot_write(out, err, option) from None
+
+
+def cannot_write(out: Path, err: OSError, option: str = "--out"):
+    """The one-line error for an output the system refused to write."""
+    return PcamError(f"cannot write {out}: {err.strerror}; choose another {option}")
 
 
 @contextlib.contextmanager

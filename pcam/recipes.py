@@ -78,7 +78,7 @@ def choose(recipe: str, kind: str, accelerator: bool | None = None) -> Recipe:
 
     Args:
         recipe: "auto", "gpu" or "cpu" (``--recipe``).
-        kind: what the source holds, "kaggle" or "folders" (``pcam.sources.detect``).
+        kind: what the source holds, "kaggle" or "folders" (``pcam.data.sources.detect``).
         accelerator: whether there is a GPU or TPU (None: look).
     """
     if recipe == "auto":

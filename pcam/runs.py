@@ -16,7 +16,6 @@ Nothing here imports TensorFlow at module level, so reports start quickly.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +29,7 @@ from pcam.io import atomic_write_text, read_csv_log
 from pcam.settings import RunSettings, from_json
 
 PHASES = ("frozen", "finetune")  # training order; names of history_<phase>.csv
+FOLDS = "folds.csv"  # a run's (or a comparison's) folds: id, label, fold
 # Runs and stores made before datasets carried their classes were PCam's.
 LEGACY_CLASSES = ("normal", "tumour")
 LEGACY_REGION = 32
@@ -114,7 +114,7 @@ class ModelInfo:
             pooled out-of-fold predictions (0.5 until every fold has finished).
         pcam_version: the version of pcam that trained it.
         source_side: the shorter side of the images its tiles were made from
-            (``pcam.sources.Source.source_side``): a larger image is answered
+            (``pcam.data.sources.Source.source_side``): a larger image is answered
             as windows of that side, each made a tile, at the training scale.
     """
 
@@ -166,54 +166,20 @@ def info_path(model_path: Path) -> Path:
     return Path(model_path).with_name("model.json")
 
 
-def load_fold_model(path: Path, remedy: str | None = None):
-    """A saved model, ready to predict (no optimizer state is loaded).
-
-    The model carries its preprocessing, resizing and precision policy, so
-    any backbone, image size or precision loads the same way; its output
-    layer is float32 even under mixed precision.
-
-    Args:
-        remedy: what the error message tells the user to do when the file is
-            missing or unreadable (default: train that fold again).
-    """
-    import keras
-
-    import pcam.augment  # noqa: F401 -- registers the custom layers the file may hold
-    import pcam.models  # noqa: F401
-
-    remedy = remedy or (f"train that fold again (delete {path.parent} and run the training "
-                        "command)")
-    if not path.is_file():
-        raise PcamError(f"{path}: missing, though its fold finished; {remedy}")
+def read_folds(path: Path, remedy: str = "delete it, or start a new --run") -> pd.DataFrame:
+    """A folds table (``id``, ``label``, ``fold``: a run's or a comparison's ``folds.csv``)."""
     try:
-        return keras.models.load_model(path, compile=False)
-    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise PcamError(f"cannot load {path} ({reason}); {remedy}") from None
+        folds = pd.read_csv(path, dtype={"id": str})
+        return folds[["id", "label", "fold"]].astype({"label": int, "fold": int})
+    except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise PcamError(f"{path}: not a folds table (id,label,fold); {remedy}") from None
 
 
-def load_model_with_info(path: Path, remedy: str | None = None):
-    """A saved model and its ``ModelInfo``: from ``model.json`` beside it, or,
-    for a model saved before model.json existed, PCam's facts and the
-    model's own input size. The two are checked against each other."""
-    path = Path(path)
-    model = load_fold_model(path, remedy)
-    outputs = model.output_shape[-1]
-    if info_path(path).is_file():
-        info = ModelInfo.from_json(info_path(path))
-    elif outputs == 1:
-        side = model.input_shape[1] or 0
-        info = ModelInfo(LEGACY_CLASSES, LEGACY_CLASSES[1], side, label_region=LEGACY_REGION)
-    else:
-        raise PcamError(f"{path} has {outputs} outputs and no model.json beside it naming "
-                        "its classes; copy the model.json of its run's fold folder beside it")
-    expected = 1 if info.binary else len(info.classes)
-    if outputs != expected:
-        raise PcamError(f"{path} gives {outputs} output(s) per image, but its model.json names "
-                        f"{len(info.classes)} classes ({', '.join(info.classes)}); are they "
-                        "from the same run?")
-    return model, info
+def same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two folds tables put the same tiles, with the same labels, in the same folds."""
+    key = ["id", "label", "fold"]
+    a, b = a[key].sort_values("id", ignore_index=True), b[key].sort_values("id", ignore_index=True)
+    return a.equals(b)
 
 
 # --- what the folds predicted ---------------------------------------------------------

@@ -1,7 +1,7 @@
 """Settings as frozen dataclasses whose defaults are the recommended recipe.
 
 Every field carries its command-line help in ``metadata["help"]``, so the
-scripts build their argparse groups from these classes (``pcam.cli``) and
+scripts build their argparse groups from these classes (``pcam.commands.cli``) and
 the library only ever receives settings objects, never a Namespace. The
 resolved settings are written beside everything a run produces
 (``to_json``) and read back with ``from_json``.
@@ -142,7 +142,7 @@ class FoldSettings:
     seed: int = _opt(0, "seed for folds, shuffling and augmentation")
 
     def __post_init__(self):
-        # --folds is checked against the tiles by pcam.folds, which knows the class counts.
+        # --folds is checked against the tiles by pcam.data.folds, which knows the class counts.
         _check(self, max_tiles=_at_least(0), seed=_at_least(0))
 
 
@@ -265,7 +265,7 @@ class ModelSettings:
     dropout: float = _opt(0.5, "dropout before the output unit")
 
     def __post_init__(self):
-        # The backbone's own smallest size is checked by pcam.models, which knows it.
+        # The backbone's own smallest size is checked by pcam.models.registry, which knows it.
         _check(self, image_size=_at_least(0), dense_units=_at_least(1), dropout=_fraction())
 
 
@@ -473,7 +473,7 @@ class ExplainSettings:
 
 @dataclass(frozen=True)
 class HeatmapSettings:
-    """Which run maps which images, and how densely (see pcam/heatmap.py)."""
+    """Which run maps which images, and how densely (see pcam/explain/heatmap.py)."""
 
     run: str = _opt("", "the run folder whose model(s) map the images (runs/NAME)")
     folds: tuple = _opt((), "fold numbers to ensemble; empty: every finished fold")
@@ -496,7 +496,7 @@ class HeatmapSettings:
 
 @dataclass(frozen=True)
 class CompareSettings:
-    """Which backbones are compared, on the same folds, and where (see pcam/compare.py).
+    """Which backbones are compared, on the same folds, and where (pcam.train.compare, pcam.report.compare).
 
     ``training`` is the template of every backbone's run: all the training
     options, the backbone replaced by each of ``backbones``.

@@ -66,7 +66,7 @@ def tiny_run(layout_cache, tmp_path_factory):
     300-tile layout, with its report; shared by the tests that read runs."""
     from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
                                RunSettings, TrainSettings)
-    from pcam.training import run_cv
+    from pcam.train.training import run_cv
 
     tmp = tmp_path_factory.mktemp("tiny-run")
     settings = RunSettings(
@@ -143,7 +143,7 @@ def marked_run(layout_cache, tmp_path_factory):
 
     from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
                                RunSettings, TrainSettings)
-    from pcam.training import run_cv
+    from pcam.train.training import run_cv
 
     tmp = tmp_path_factory.mktemp("marked")
     layout = tmp / "comp"

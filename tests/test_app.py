@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pcam.app import SERVER_OPTIONS
-from pcam.images import decode_bytes
+from pcam.data.images import decode_bytes
 from tests.conftest import REPO
 from tests.pcam_tiles_run import trained_run, valid_tiles
 
@@ -39,8 +39,9 @@ def run(tmp_path_factory):
 def library_probs(run: Path, blobs: list[bytes]) -> np.ndarray:
     """p(positive) of each upload by pcam's library, as scripts/predict.py computes it
     by default (8 views: the app's default too)."""
-    from pcam.inference import (TTA_VIEWS, answer_images, images_as_tiles, load_ensemble,
-                                predict_tiles)
+    from pcam.predict.ensemble import load_ensemble, predict_tiles
+    from pcam.predict.images import answer_images, images_as_tiles
+    from pcam.predict.tta import TTA_VIEWS
 
     ensemble = load_ensemble(run, [0])
     info = ensemble[0][1]
@@ -267,7 +268,7 @@ def test_gradcam_panels_show_the_map_and_the_centre_square():
     overlay; red where the map is 1, blue where it is 0; the label's centre
     square outlined in white on the tile and the overlay only."""
     from pcam.app import PANEL
-    from pcam.figures import explanation_panels
+    from pcam.report.figures import explanation_panels
 
     tile = np.full((96, 96, 3), 128, np.uint8)
     heat = np.zeros((96, 96), np.float32)

@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import MISSING, PCAM_REAL
 
-from pcam import augment
+from pcam.data import augment
 from pcam.settings import AugmentSettings
-
-from conftest import PCAM_REAL, MISSING
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +131,9 @@ def test_colour_stain_layer_is_identity_at_inference_and_saves(tiles, tmp_path):
 def test_colour_jitter_moves_into_the_model_only_on_an_accelerator():
     import tensorflow as tf
 
-    from pcam import distribute
-    from pcam.models import create_model
+    from pcam.models.registry import create_model
     from pcam.settings import AugmentSettings
+    from pcam.train import distribute
 
     asked = AugmentSettings(brightness=0.1, stain=0.05)
     assert augment.on_model(asked, accelerator=False) == (asked, [])

@@ -1,4 +1,4 @@
-"""CoAtNet (pcam.coatnet) and the backbones added with it (convnext-tiny, efficientnetv2s).
+"""CoAtNet (pcam.models.coatnet) and the backbones added with it (convnext-tiny, efficientnetv2s).
 
 A narrow CoAtNet (one block per stage, 8 to 32 channels) stands in for
 CoAtNet-0 where a test trains or saves; the full CoAtNet-0 is only built
@@ -15,16 +15,15 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-from pcam import models
-from pcam.coatnet import coatnet, relative_position_index
-from pcam.errors import PcamError
-from pcam.gradcam import explainer, gradcam
-from pcam.images import decode_image
-from pcam.settings import ModelSettings, RunSettings
-from pcam.training import weights_note
-
 from conftest import PCAM_REAL, REPO
+
+from pcam.data.images import decode_image
+from pcam.errors import PcamError
+from pcam.models import registry
+from pcam.models.coatnet import coatnet, relative_position_index
+from pcam.models.gradcam import explainer, gradcam
+from pcam.settings import ModelSettings, RunSettings
+from pcam.train.training import weights_note
 
 NARROW = "coatnet-narrow-test"
 NARROW_SHAPE = {"blocks": (1, 1, 1, 1, 1), "channels": (8, 8, 16, 16, 32)}
@@ -33,9 +32,9 @@ NARROW_SHAPE = {"blocks": (1, 1, 1, 1, 1), "channels": (8, 8, 16, 16, 32)}
 @pytest.fixture(scope="module")
 def narrow():
     """The narrow CoAtNet's registry entry (registered once per process)."""
-    if NARROW not in models.BACKBONES:
-        models.register_backbone(models.coatnet_backbone(NARROW, **NARROW_SHAPE))
-    return models.BACKBONES[NARROW]
+    if NARROW not in registry.BACKBONES:
+        registry.register_backbone(registry.coatnet_backbone(NARROW, **NARROW_SHAPE))
+    return registry.BACKBONES[NARROW]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def real_tiles():
 def trained(narrow, real_tiles):
     """A narrow CoAtNet classifier at 96 px (S4: 3x3) after 6 Adam steps on real tiles."""
     keras.utils.set_random_seed(0)
-    model = models.create_model(NARROW, image_size=96, tile_size=96, weights="none",
+    model = registry.create_model(NARROW, image_size=96, tile_size=96, weights="none",
                                 dense_units=16)
     tiles, labels = real_tiles
     model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
@@ -74,7 +73,7 @@ def test_narrow_coatnet_shapes_and_blocks(narrow):
     backbone = coatnet(input_shape=(64, 64, 3), **NARROW_SHAPE)
     out = backbone(np.zeros((2, 64, 64, 3), np.float32))
     assert out.shape == (2, 2, 2, 32)  # 64 / 32
-    blocks = models.backbone_blocks(backbone)
+    blocks = registry.backbone_blocks(backbone)
     assert [b[0].name for b in blocks] == ["stem_conv1", "block1a_preact_bn",
                                            "block2a_preact_bn", "block3a_attn_norm",
                                            "block4a_attn_norm"]
@@ -94,12 +93,12 @@ def test_coatnet0_size_and_parameters():
     assert at[224].count_params() == 23_485_068
     with_head = at[224].count_params() + 768 * 1000 + 1000
     assert abs(with_head - 25e6) / 25e6 < 0.05
-    assert len(models.backbone_blocks(at[96])) == 13  # stem + 2 + 3 + 5 + 2
+    assert len(registry.backbone_blocks(at[96])) == 13  # stem + 2 + 3 + 5 + 2
 
 
 def test_a_size_the_stages_cannot_halve_is_refused():
     with pytest.raises(PcamError) as error:
-        models.create_model("coatnet-0", image_size=100, weights="none")
+        registry.create_model("coatnet-0", image_size=100, weights="none")
     message = str(error.value)
     assert "\n" not in message and "100" in message and "multiple of 32" in message
     assert "96 or 128" in message
@@ -108,12 +107,12 @@ def test_a_size_the_stages_cannot_halve_is_refused():
 
 
 def test_coatnet_has_no_imagenet_weights_and_says_so():
-    assert not models.BACKBONES["coatnet-0"].pretrained
+    assert not registry.BACKBONES["coatnet-0"].pretrained
     helps = {f.name: f.metadata["help"] for f in dataclasses.fields(ModelSettings)}
     # Named, not read from the registry: other test modules register narrow
     # backbones of their own when they are collected.
     for name in ("coatnet-0", "simple-cnn"):
-        assert not models.BACKBONES[name].pretrained
+        assert not registry.BACKBONES[name].pretrained
         assert name in helps["weights"] and name in helps["backbone"]
     assert "imagenet means none" in helps["weights"]
     run = RunSettings(run="r", model=ModelSettings(backbone="coatnet-0"))
@@ -125,7 +124,7 @@ def test_coatnet_has_no_imagenet_weights_and_says_so():
                                                                      weights="none"))) is None
     assert weights_note(RunSettings(run="r")) is None  # resnet50 has its weights
     # The default still works: "imagenet" is random initialization for it.
-    models.create_model("coatnet-0", image_size=32, weights="imagenet")
+    registry.create_model("coatnet-0", image_size=32, weights="imagenet")
 
 
 def test_saved_model_loads_in_a_fresh_process_with_identical_outputs(trained, real_tiles,
@@ -134,9 +133,9 @@ def test_saved_model_loads_in_a_fresh_process_with_identical_outputs(trained, re
     path = tmp_path / "narrow.keras"
     trained.save(path)
     np.save(tmp_path / "tiles.npy", tiles)
-    # Only keras and pcam.models (which registers pcam's layers, as every pcam
+    # Only keras and pcam.models.registry (which registers pcam's layers, as every pcam
     # loader imports it): nothing of this process's registry or graph.
-    code = ("import sys, keras, numpy as np, pcam.models\n"
+    code = ("import sys, keras, numpy as np, pcam.models.registry\n"
             "model = keras.models.load_model(sys.argv[1])\n"
             "np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))\n")
     subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "tiles.npy"),
@@ -164,6 +163,6 @@ def test_gradcam_on_a_trained_coatnet_is_not_trivial(trained, real_tiles):
 
 def test_unknown_backbone_lists_the_new_ones():
     with pytest.raises(PcamError) as error:
-        models.create_model("coatnet-1", weights="none")
+        registry.create_model("coatnet-1", weights="none")
     for name in ("coatnet-0", "convnext-tiny", "efficientnetv2s"):
         assert name in str(error.value)

@@ -1,4 +1,4 @@
-"""Compare backbones (pcam.compare, scripts/compare.py) on tiny real slices.
+"""Compare backbones (pcam.report.compare, scripts/compare.py) on tiny real slices.
 
 Two backbones, ``simple-cnn`` and a narrow CoAtNet registered here
 (``NARROW``), on
@@ -17,7 +17,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pcam import metrics
-from pcam.models import BACKBONES, coatnet_backbone, register_backbone
+from pcam.models.registry import BACKBONES, coatnet_backbone, register_backbone
 from tests.test_folders import cli, need, subset
 
 NARROW = "coatnet-narrow"  # the second backbone of the comparison: a CoAtNet built for tests
@@ -247,8 +247,8 @@ def test_the_report_side_does_not_import_training():
 
     from tests.conftest import REPO
 
-    code = ("import sys, pcam.compare, pcam.commands.compare; "
-            "print(sorted(m for m in ('pcam.training', 'tensorflow') if m in sys.modules))")
+    code = ("import sys, pcam.report.compare, pcam.commands.compare; "
+            "print(sorted(m for m in ('pcam.train.training', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"

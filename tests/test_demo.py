@@ -4,11 +4,10 @@ import sys
 import zipfile
 
 import pandas as pd
-
-from pcam import demo
-from pcam.settings import DataSettings
-
 from conftest import REPO
+
+from pcam.commands import demo
+from pcam.settings import DataSettings
 
 
 def test_sample_is_small_and_in_the_competition_layout():

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pcam.commands.predict import predict
 from pcam.errors import PcamError
-from pcam.inference import combine, combine_runs, predict
 from pcam.metrics import choose_threshold
+from pcam.predict.tta import combine, combine_runs
 from pcam.settings import PredictSettings, RunSettings, to_json
 from tests.conftest import REPO
 
@@ -31,7 +32,7 @@ def other_models(run_dir: Path, dest: Path, num_classes: int, tile_size: int,
     backbone (seeded): the same run files, other predictions."""
     import keras
 
-    from pcam.models import create_model
+    from pcam.models.registry import create_model
 
     shutil.copytree(run_dir, dest)
     keras.utils.set_random_seed(seed)
@@ -121,7 +122,7 @@ def test_the_threshold_of_runs_with_the_same_folds_is_chosen_on_their_pooled_oof
 
 def test_an_ensembles_submission_is_scored_at_the_threshold_of_its_runs_pooled_oof(
         pair, layout_cache, tmp_path):
-    from pcam.evaluate import evaluate
+    from pcam.report.evaluate import evaluate
     from pcam.runs import read_oof
     from pcam.settings import EvaluateSettings
 
@@ -184,9 +185,9 @@ def test_runs_that_cannot_be_ensembled_are_refused_in_one_line(pair, tmp_path, c
 def kather_pair(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A tiny 8-class run (train/ 6 and test/ 2 images per class, 32 px) and
     its copy with other models; and the data folder."""
-    from pcam.settings import DataSettings, FoldSettings, InputSettings, ModelSettings, \
-        TrainSettings
-    from pcam.training import run_cv
+    from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
+                               TrainSettings)
+    from pcam.train.training import run_cv
 
     if not KATHER.is_dir():
         pytest.skip(f"{KATHER} not found: the class-folder tests run only beside ../shared/data")
@@ -239,14 +240,15 @@ def test_ema_saves_and_validates_the_averaged_weights_and_resumes_with_them(layo
     average clearly). The run is stopped after epoch 2's backup and resumed."""
     import keras
 
-    from pcam import distribute, task
-    from pcam.folds import load_or_assign
-    from pcam.pipeline import eval_dataset
+    from pcam import task
+    from pcam.data.folds import load_or_assign
+    from pcam.data.pipeline import eval_dataset
+    from pcam.data.store import prepare
+    from pcam.runs import read_history
     from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
                                TrainSettings, to_dict)
-    from pcam.store import prepare
-    from pcam.runs import read_history
-    from pcam.training import resolve, run_fold, split_positions
+    from pcam.train import distribute
+    from pcam.train.training import resolve, run_fold, split_positions
 
     settings = RunSettings(
         run="ema", runs_dir=str(tmp_path / "runs"), fold=0,

@@ -16,7 +16,7 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precisi
 from pcam import metrics
 from pcam.commands.evaluate import main as evaluate_main
 from pcam.errors import PcamError
-from pcam.evaluate import evaluate
+from pcam.report.evaluate import evaluate
 from pcam.settings import EvaluateSettings
 
 
@@ -146,7 +146,7 @@ def test_evaluate_script_with_target_sensitivity_and_a_scored_submission(tiny_ru
     assert not (out / "false_positives.png").exists()
     assert "report: " in capsys.readouterr().out
 
-    from pcam.inference import predict
+    from pcam.commands.predict import predict
     from pcam.settings import PredictSettings
     submission = tmp_path / "sub.csv"
     predict(PredictSettings(run=str(tiny_run.run_dir), tta=1, out=str(submission)))
@@ -212,7 +212,7 @@ def test_history_joins_the_phases_in_order_without_repeated_epochs(tiny_run, tmp
 
 def test_a_partial_answer_key_is_said_and_a_replaced_report_too(tiny_run, tmp_path,
                                                                 layout_cache, capsys):
-    from pcam.inference import predict
+    from pcam.commands.predict import predict
     from pcam.settings import PredictSettings
     submission = tmp_path / "sub.csv"
     predict(PredictSettings(run=str(tiny_run.run_dir), tta=1, out=str(submission)))

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import REPO, TOP_RIGHT, inside
 from PIL import Image
 
 from pcam.commands.explain import main as explain_main
-from pcam.store import prepare
-
-from conftest import REPO, TOP_RIGHT, inside
+from pcam.data.store import prepare
 
 
 def run_explain(*args):

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from pcam.errors import PcamError
-
-from conftest import REPO
 
 SCRIPTS = REPO / "scripts"
 
@@ -153,7 +152,7 @@ def test_unreadable_backup_is_set_aside_and_the_phase_restarts(layout_cache, tmp
 def test_unreadable_best_model_is_one_line_naming_it(layout_cache, tmp_path):
     from test_training import tiny  # noqa: I001 -- the tiny run's settings
 
-    from pcam.training import run_cv
+    from pcam.train.training import run_cv
 
     settings = tiny(layout_cache, tmp_path, fold=0, report=False)
     run_cv(settings)
@@ -232,7 +231,7 @@ def test_a_second_prepare_on_a_store_is_refused(layout_cache, tmp_path):
 
 
 def test_history_with_a_repeated_header_is_read(tmp_path):
-    from pcam.training import best_auc
+    from pcam.train.training import best_auc
 
     log = "epoch,auc,loss,val_auc,val_loss\n0,0.7,0.6,0.71,0.62\n"
     (tmp_path / "history_finetune.csv").write_text(log + log + "1,0.8,0.5,0.7")  # + a half line
@@ -291,7 +290,7 @@ def test_ctrl_c_during_a_parallel_ingest_exits_at_once_and_keeps_finished_shards
 # ``keep`` bytes: the ingest then meets a real "No space left on device".
 FILL_THEN_INGEST = """
 import os, sys
-import pcam.store as store
+import pcam.data.store as store
 filler, keep = sys.argv[1], int(sys.argv[2])
 original = store._ingest
 
@@ -342,7 +341,7 @@ def test_full_disk_while_training_is_one_line_keeps_best_and_resumes(layout_cach
     error = one_error_line(run_train(args))
     assert "No space left on device" in error and "latest.weights.h5" in error
     fold = disk / "runs" / "r" / "fold_0"
-    from pcam.inference import load_fold_model
+    from pcam.models.saved import load_fold_model
     load_fold_model(fold / "best.keras")  # whole
     assert not list(fold.rglob(".*tmp-*"))
     small_disk(40)
@@ -370,6 +369,6 @@ def test_read_only_run_folder_rerun_and_evaluate_are_one_line(layout_cache, tmp_
 
 
 def test_os_error_line_names_the_file():
-    from pcam.cli import os_error_line
+    from pcam.commands.cli import os_error_line
     err = PermissionError(13, "Permission denied", "data/train_labels.csv")
     assert os_error_line(err).startswith("data/train_labels.csv: Permission denied; ")

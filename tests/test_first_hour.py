@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from pcam import places, recipes
-from pcam.cli import machine_defaults, new_parser, settings_from_args
+from pcam.commands.cli import machine_defaults, new_parser, settings_from_args
 from pcam.settings import DataSettings, RunSettings
 from tests.conftest import REPO, make_layout
 
@@ -78,7 +78,7 @@ def test_the_default_store_is_outside_the_images_one_per_folder(tmp_path):
 
 
 def test_a_store_an_earlier_pcam_wrote_among_the_classes_is_used_and_not_a_class(tmp_path):
-    from pcam.sources import read_source
+    from pcam.data.sources import read_source
 
     data = oral_subset(tmp_path / "data", 3)
     legacy = data / "store" / "train"
@@ -105,7 +105,7 @@ def test_the_recipe_fits_the_machine_and_the_source():
 def test_the_cpu_recipes_size_cap_resizes_large_and_mixed_images_never_small_ones():
     from collections import Counter
 
-    from pcam.sources import _tile_size
+    from pcam.data.sources import _tile_size
 
     assert _tile_size(Counter({(224, 224): 9}), 0, 128)[0] == 128
     assert _tile_size(Counter({(96, 96): 9}), 0, 128) == (96, "96x96")  # not upsampled
@@ -115,7 +115,7 @@ def test_the_cpu_recipes_size_cap_resizes_large_and_mixed_images_never_small_one
 
 def parsed(argv) -> RunSettings:
     parser = new_parser("train.py", "")
-    from pcam.cli import add_settings
+    from pcam.commands.cli import add_settings
     add_settings(parser, RunSettings, "run")
     recipe = machine_defaults(parser, argv)
     return settings_from_args(RunSettings, parser.parse_args(argv), recipe=recipe.name)
@@ -141,7 +141,7 @@ def _field_names(cls):
 
 
 def test_the_shipped_backbone_is_in_the_package_with_its_record():
-    from pcam.models import SHIPPED
+    from pcam.models.registry import SHIPPED
 
     path = SHIPPED["cpu-cnn"]
     assert path.is_file(), "run tools/make_pcam_backbone.py"
@@ -152,7 +152,7 @@ def test_the_shipped_backbone_is_in_the_package_with_its_record():
 
 
 def test_small_data_is_warned_with_what_to_change():
-    from pcam.preflight import small_data_warning
+    from pcam.train.preflight import small_data_warning
 
     warning = small_data_warning(30, 128)
     assert "1 optimisation step(s)" in warning and "--batch-size" in warning
@@ -164,8 +164,8 @@ def test_small_data_is_warned_with_what_to_change():
 def test_a_large_image_is_answered_as_the_tiles_that_cover_it():
     import numpy as np
 
-    from pcam.images import to_tile
-    from pcam.inference import answer_images, image_tiles, images_as_tiles
+    from pcam.data.images import to_tile
+    from pcam.predict.images import answer_images, image_tiles, images_as_tiles
 
     rng = np.random.default_rng(0)
     mosaic = rng.integers(0, 256, (3 * 32, 2 * 32, 3), dtype=np.uint8)

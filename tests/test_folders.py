@@ -86,7 +86,7 @@ def test_a_class_folder_dataset_trains_reports_predicts_and_explains(runs, name,
                                                                      capsys):
     from pcam.commands.explain import main as explain
     from pcam.commands.predict import main as predict
-    from pcam.runs import load_model_with_info
+    from pcam.models.saved import load_model_with_info
 
     tmp, data = runs[name]
     run = tmp / "runs" / "r"
@@ -123,8 +123,8 @@ def test_a_class_folder_dataset_trains_reports_predicts_and_explains(runs, name,
     # A model loaded from best.keras + model.json alone gives the same probabilities.
     model, info = load_model_with_info(run / "fold_0" / "best.keras")
     assert info.classes == tuple(classes) and info.tile_size == 32
-    from pcam.inference import as_tiles, predict_tiles
-    from pcam.images import decode_image
+    from pcam.data.images import decode_image
+    from pcam.predict.ensemble import as_tiles, predict_tiles
     first = [Path(p) for p in table["path"][:4]]
     tiles = as_tiles([decode_image(p)[0] for p in first], info.tile_size)
     alone = predict_tiles([(model, info)], tiles, views=(0, 1))
@@ -236,9 +236,9 @@ def test_bad_class_folders_are_one_line_errors(tmp_path, capsys, case, expected)
 
 
 def test_16_bit_tiff_and_cmyk_jpeg_work(tmp_path, capsys):
-    from pcam.sources import read_source
+    from pcam.data.sources import read_source
+    from pcam.data.store import prepare
     from pcam.settings import DataSettings
-    from pcam.store import prepare
 
     data = _two_classes(tmp_path / "data")
     tifffile.imwrite(data / "benign" / "deep.tif",
@@ -266,8 +266,8 @@ def test_answers_with_other_classes_are_refused(runs, tmp_path, capsys):
 # --- the source scan: layouts and what it says ---------------------------------------
 
 def test_train_and_test_folders_hidden_files_and_the_positive_class(tmp_path):
+    from pcam.data.sources import read_source
     from pcam.settings import DataSettings
-    from pcam.sources import read_source
 
     root = tmp_path / "gastric"
     _two_classes(root / "train")
@@ -293,9 +293,9 @@ def test_train_and_test_folders_hidden_files_and_the_positive_class(tmp_path):
 
 
 def test_a_kaggle_folder_is_recognised_and_a_file_is_not_a_data_dir(layout, tmp_path):
+    from pcam.data.sources import read_source
     from pcam.errors import PcamError
     from pcam.settings import DataSettings
-    from pcam.sources import read_source
 
     assert read_source(DataSettings(data_dir=str(layout))).kind == "kaggle"
     with pytest.raises(PcamError, match="a file, not a folder"):

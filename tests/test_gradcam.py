@@ -4,16 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
-from pcam import models
-from pcam.errors import PcamError
-from pcam.gradcam import explainer, gradcam
-from pcam.metrics import auc
-
 from conftest import BOTTOM_LEFT, TOP_RIGHT, inside, mark
 
+from pcam.errors import PcamError
+from pcam.metrics import auc
+from pcam.models import registry
+from pcam.models.gradcam import explainer, gradcam
+
+
 def test_gradcam_peak_lies_on_the_only_signal_and_follows_it(marked_run):
-    from pcam.inference import load_fold_model
+    from pcam.models.saved import load_fold_model
 
     settings, layout, originals = marked_run
     fold = settings.run_dir / "fold_0"
@@ -47,24 +47,24 @@ def on_the_mark(heat: np.ndarray, corner) -> float:
 @pytest.fixture(scope="module")
 def small_models():
     """Every registered backbone at its smallest input size, random weights."""
-    return {name: models.create_model(name, image_size=max(32, spec.min_size), tile_size=96, weights="none",
+    return {name: registry.create_model(name, image_size=max(32, spec.min_size), tile_size=96, weights="none",
                                       dense_units=16)
-            for name, spec in models.BACKBONES.items()}
+            for name, spec in registry.BACKBONES.items()}
 
 
-# The blocks of --unfreeze per backbone (models.backbone_blocks), stem included.
+# The blocks of --unfreeze per backbone (registry.backbone_blocks), stem included.
 BLOCKS = {"resnet50": 17, "resnet50v2": 17, "densenet121": 59, "efficientnetv2b0": 22,
           "efficientnetv2s": 41, "convnext-tiny": 19, "simple-cnn": 4, "coatnet-0": 13}
 
 
-@pytest.mark.parametrize("name", list(models.BACKBONES))
+@pytest.mark.parametrize("name", list(registry.BACKBONES))
 def test_every_backbone_explains_with_its_last_conv_layer(small_models, name):
     model = small_models[name]
     if name in BLOCKS:  # here because this test builds every backbone once
-        assert len(models.backbone_blocks(model.get_layer("backbone"))) == BLOCKS[name]
+        assert len(registry.backbone_blocks(model.get_layer("backbone"))) == BLOCKS[name]
     tiles = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3)).astype(np.uint8)
     explain = explainer(model)
-    assert explain.layer == models.BACKBONES[name].last_conv_layer
+    assert explain.layer == registry.BACKBONES[name].last_conv_layer
     heat, probs = gradcam(explain, tiles, target=None, batch_size=2)
     assert heat.shape == (3, 96, 96) and np.isfinite(heat).all()
     assert heat.min() >= 0 and heat.max() <= 1
@@ -101,7 +101,7 @@ def test_a_model_that_is_not_a_classifier_is_refused():
 def test_a_k_class_model_explains_the_class_asked_for():
     """Softmax over 4 classes: the probabilities are the model's, a target
     per tile is honoured, and out-of-range targets are refused."""
-    model = models.create_model("simple-cnn", num_classes=4, image_size=32, weights="none",
+    model = registry.create_model("simple-cnn", num_classes=4, image_size=32, weights="none",
                                 dense_units=8)
     tiles = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
     explain = explainer(model)
@@ -122,7 +122,7 @@ def test_the_traced_step_equals_the_eager_one_and_is_traced_once(classes):
     numbers, for the predicted class and for a class asked for, and is traced
     once for every batch size."""
     keras.utils.set_random_seed(3)
-    model = models.create_model("simple-cnn", num_classes=classes, image_size=32,
+    model = registry.create_model("simple-cnn", num_classes=classes, image_size=32,
                                 weights="none", dense_units=8)
     tiles = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
     explain = explainer(model)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pcam.images import decode_image
+from pcam.data.images import decode_image
 from tests.conftest import REPO
 from tests.pcam_tiles_run import trained_run, valid_tiles
 
@@ -33,9 +33,9 @@ def mosaic():
 
 
 def test_mosaic_map_ranks_tumour_tiles_like_the_model(run, mosaic):
-    from pcam.heatmap import centre_means, heat_map
-    from pcam.inference import load_ensemble, predict_tiles
+    from pcam.explain.heatmap import centre_means, heat_map
     from pcam.metrics import auc
+    from pcam.predict.ensemble import load_ensemble, predict_tiles
 
     image, tiles, labels = mosaic
     ensemble = load_ensemble(run, [0])
@@ -57,7 +57,7 @@ def test_mosaic_map_ranks_tumour_tiles_like_the_model(run, mosaic):
 
 def test_windows_are_batched_not_looped(run, mosaic):
     """Cutting is a gather from a strided view; each window equals the slice."""
-    from pcam.heatmap import cut_windows, window_starts
+    from pcam.explain.heatmap import cut_windows, window_starts
 
     image = mosaic[0][:300, :250]
     ys, xs = window_starts(300, 96, 32), window_starts(250, 96, 32)
@@ -122,8 +122,8 @@ def test_kather_class_map_majority_agrees_with_the_tiles(kather_run):
     """A 4x4 mosaic of held-out Kather tiles (the 6 images a class not trained
     on), 48 px: the class map's majority over each tile's cell is the model's
     answer on that tile alone."""
-    from pcam.heatmap import heat_map
-    from pcam.inference import as_tiles, load_ensemble, predict_tiles
+    from pcam.explain.heatmap import heat_map
+    from pcam.predict.ensemble import as_tiles, load_ensemble, predict_tiles
 
     ensemble = load_ensemble(kather_run, [0])
     info = ensemble[0][1]

@@ -1,4 +1,4 @@
-"""Tests for pcam.images: the one decoder for every image file pcam reads.
+"""Tests for pcam.data.images: the one decoder for every image file pcam reads.
 
 Real images come from ../shared/data (beside the repository); those tests
 skip, naming the missing folder, when it is absent. Everything else is made
@@ -16,15 +16,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile
 
-from pcam.images import (
-    IMAGE_SUFFIXES,
-    decode_bytes,
-    decode_image,
-    is_hidden,
-    is_image_name,
-    probe,
-    to_tile,
-)
+from pcam.data.images import (IMAGE_SUFFIXES, decode_bytes, decode_image, is_hidden, is_image_name,
+                              probe, to_tile)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ORAL = DATA / "oral-oscc"
@@ -457,7 +450,7 @@ def test_probe_reads_no_pixels(tmp_path):
 def test_images_module_does_not_import_tensorflow():
     import subprocess
 
-    code = "import sys, pcam.images; print('tensorflow' in sys.modules)"
+    code = "import sys, pcam.data.images; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

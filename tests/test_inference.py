@@ -16,16 +16,18 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO
-from pcam.augment import dihedral_view
-from pcam.commands.predict import parse_folds
+
+from pcam.commands.predict import parse_folds, predict
+from pcam.data.augment import dihedral_view
 from pcam.errors import PcamError
-from pcam.inference import (TTA_VIEWS, VIEW_NAMES, cached_tta_predictor, combine,
-                            load_fold_model, predict, predict_batches, predict_tiles,
-                            rank_normalise, resolve_folds, tta_predictor, validate_submission,
-                            write_submission)
+from pcam.kaggle.submission import validate_submission, write_submission
 from pcam.metrics import auc
+from pcam.models.saved import load_fold_model
+from pcam.predict.ensemble import predict_tiles
+from pcam.predict.tta import (TTA_VIEWS, VIEW_NAMES, cached_tta_predictor, combine, predict_batches,
+                              rank_normalise, tta_predictor)
+from pcam.runs import resolve_folds
 from pcam.settings import DataSettings, InputSettings, PredictSettings, RunSettings, to_json
 
 pytest_plugins = ["fake_kaggle"]  # its fixtures: fake_kaggle, kaggle_home
@@ -46,7 +48,7 @@ def data(run) -> DataSettings:
 @pytest.fixture(scope="module")
 def store(data):
     """The test store (100 real tiles), the one the run's predictions read."""
-    from pcam.store import prepare
+    from pcam.data.store import prepare
 
     return prepare(data, splits=("test",), quiet=True)["test"]
 
@@ -54,7 +56,7 @@ def store(data):
 @pytest.fixture(scope="module")
 def tiles(store) -> np.ndarray:
     """The first 16 test tiles of the store, uint8 (16, 96, 96, 3)."""
-    from pcam.pipeline import predict_dataset
+    from pcam.data.pipeline import predict_dataset
 
     return next(iter(predict_dataset(store, InputSettings(batch_size=16)))).numpy()
 
@@ -131,7 +133,7 @@ def test_the_kept_predictor_gives_the_same_numbers_and_is_traced_once(run, tiles
 
     import keras
 
-    from pcam import inference
+    from pcam.predict import tta
 
     model = load_fold_model(run.run_dir / "fold_0" / "best.keras")
     for views in (TTA_VIEWS[1], TTA_VIEWS[8]):
@@ -152,7 +154,7 @@ def test_the_kept_predictor_gives_the_same_numbers_and_is_traced_once(run, tiles
     small = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(1, activation="sigmoid")])
     cached_tta_predictor(small, (0,), (8, 8, 3))(np.zeros((2, 8, 8, 3), np.uint8))
-    assert small in inference._PREDICTORS
+    assert small in tta._PREDICTORS
     alive = weakref.ref(small)
     del small
     gc.collect()
@@ -237,7 +239,7 @@ def test_run_of_another_image_size_and_precision(run, store, tmp_path):
     predicts like any other: raw 96x96 uint8 tiles in, float32 probabilities out."""
     import keras
 
-    from pcam.models import create_model
+    from pcam.models.registry import create_model
 
     other = dataclasses.replace(
         run, run="mixed", runs_dir=str(tmp_path / "runs"),
@@ -262,7 +264,7 @@ def test_run_of_another_image_size_and_precision(run, store, tmp_path):
         == "mixed_bfloat16"
     frame = validate_submission(out, run.data.data_dir + "/sample_submission.csv")
     assert record["folds"] == [0] and record["views"] == ["identity", "flip left-right"]
-    from pcam.pipeline import predict_dataset
+    from pcam.data.pipeline import predict_dataset
     first = next(iter(predict_dataset(store, InputSettings(batch_size=8)))).numpy()
     direct = np.mean([loaded.predict(view(first, k), verbose=0).ravel()
                       for k in (0, 1)], axis=0)
@@ -376,7 +378,7 @@ def run_submit(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_submit_checks_the_file_then_uploads_it(fake_kaggle, layout_cache, tmp_path, capsys):
-    from pcam.kaggle_api import submit_command
+    from pcam.kaggle.api import submit_command
 
     fake_kaggle.add_competition("pcam-fake", b"")
     csv = tmp_path / "good.csv"

@@ -1,4 +1,4 @@
-"""pcam.kaggle_api and scripts/download.py: the real kaggle client against a fake Kaggle.
+"""pcam.kaggle.api and scripts/download.py: the real kaggle client against a fake Kaggle.
 
 Every test talks HTTP to ``fake_kaggle.FakeKaggle`` on 127.0.0.1 (or to a
 closed port there); none can reach the internet. The competition zip is made
@@ -21,12 +21,12 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_layout
 from fake_kaggle import KEY, TOKEN, USERNAME, FakeKaggle
-from pcam import competition
+
+from pcam.data import competition
 from pcam.errors import PcamError
-from pcam.kaggle_api import download, find_credentials, submit, submit_command
+from pcam.kaggle.api import download, find_credentials, submit, submit_command
 from pcam.settings import DataSettings
 
 pytest_plugins = ["fake_kaggle"]  # its fixtures: fake_kaggle, kaggle_home
@@ -91,7 +91,7 @@ def test_download_end_to_end_then_a_second_run_does_nothing(fake_kaggle, layout_
     for csv in (competition.TRAIN_CSV, competition.TEST_CSV):
         assert (dest / csv).read_bytes() == (folder / csv).read_bytes()
     assert not (data / f"{NAME}.zip").exists() and leftovers(data) == []
-    from pcam.store import open_store
+    from pcam.data.store import open_store
     store = DataSettings(data_dir=str(dest)).store_path
     assert open_store(store / "train").n_tiles == N_TRAIN
     assert open_store(store / "test").n_tiles == N_TEST

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score,
-                             confusion_matrix, f1_score, log_loss,
-                             precision_recall_fscore_support, roc_auc_score)
+                             confusion_matrix, f1_score, log_loss, precision_recall_fscore_support,
+                             roc_auc_score)
 
 from pcam import metrics
 from pcam.errors import PcamError

@@ -1,4 +1,4 @@
-"""Tests for pcam.models: registry, preprocessing, save/load, freezing, weights.
+"""Tests for pcam.models.registry: registry, preprocessing, save/load, freezing, weights.
 
 Backbones are built with weights=None and small inputs (32x32, the smallest
 the Keras applications accept) so that the whole file runs in about a minute
@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from pcam import models
 from pcam.errors import PcamError
+from pcam.models import registry
 
 TILE = 96  # the PCam tile size these tests feed
 SMALL = 32  # image size for the ImageNet backbones in tests
@@ -31,22 +31,22 @@ def _tiles(n=2, size=TILE, seed=0):
 
 def _small_model(name, **kwargs):
     size = TILE if name == "simple-cnn" else SMALL
-    return models.create_model(name, image_size=size, tile_size=TILE, weights="none", **kwargs)
+    return registry.create_model(name, image_size=size, tile_size=TILE, weights="none", **kwargs)
 
 
 def test_unknown_backbone_lists_the_valid_names():
     with pytest.raises(PcamError) as error:
-        models.create_model("resnet51", weights="none")
+        registry.create_model("resnet51", weights="none")
     message = str(error.value)
     assert "resnet51" in message and "\n" not in message
-    for name in models.BACKBONES:
+    for name in registry.BACKBONES:
         assert name in message
 
 
 def test_registry_holds_the_promised_backbones():
-    assert models.DEFAULT_BACKBONE == "resnet50"
+    assert registry.DEFAULT_BACKBONE == "resnet50"
     assert {"resnet50", "resnet50v2", "densenet121", "efficientnetv2b0", "efficientnetv2s",
-            "convnext-tiny", "simple-cnn", "cpu-cnn", "coatnet-0"} <= set(models.BACKBONES)
+            "convnext-tiny", "simple-cnn", "cpu-cnn", "coatnet-0"} <= set(registry.BACKBONES)
 
 
 def test_backbone_help_names_every_built_in_backbone():
@@ -56,24 +56,24 @@ def test_backbone_help_names_every_built_in_backbone():
     from pcam.settings import ModelSettings
 
     helps = {f.name: f.metadata["help"] for f in fields(ModelSettings)}
-    assert [n for n in models.BUILT_IN if n not in helps["backbone"]] == []
-    scratch = [n for n in models.BUILT_IN if not models.BACKBONES[n].pretrained]
+    assert [n for n in registry.BUILT_IN if n not in helps["backbone"]] == []
+    scratch = [n for n in registry.BUILT_IN if not registry.BACKBONES[n].pretrained]
     assert [n for n in scratch if n not in helps["weights"]] == []
 
 
 def test_cpu_cnn_is_simple_cnn_with_a_second_convolution_per_stage():
-    simple = models.create_model("simple-cnn", weights="none")
-    deep = models.create_model("cpu-cnn", weights="none")
+    simple = registry.create_model("simple-cnn", weights="none")
+    deep = registry.create_model("cpu-cnn", weights="none")
     assert simple.get_layer("backbone").output.shape[1:] == (12, 12, 256)
     assert deep.get_layer("backbone").output.shape[1:] == (6, 6, 256)  # 96 px / 16
-    assert len(models.backbone_blocks(deep.get_layer("backbone"))) == 7
+    assert len(registry.backbone_blocks(deep.get_layer("backbone"))) == 7
     assert (simple.count_params(), deep.count_params()) == (456_929, 1_232_865)
 
 
 
-@pytest.mark.parametrize("name", list(models.BACKBONES))
+@pytest.mark.parametrize("name", list(registry.BACKBONES))
 def test_preprocessing_layer_matches_keras_preprocess_input(name):
-    spec = models.BACKBONES[name]
+    spec = registry.BACKBONES[name]
     tiles = _tiles(4).astype(np.float32)
     expected = np.asarray(spec.preprocess_input(tiles.copy()))  # caffe mode edits in place
     layer = spec.preprocessing()
@@ -85,7 +85,7 @@ def test_preprocessing_layer_matches_keras_preprocess_input(name):
 # instead of 270: its round trip costs ~20 s of CPU (the most of any test here)
 # and would test Keras, not pcam, again. Its build, output and Grad-CAM layer
 # are tested in test_gradcam.py.
-SAVE_LOAD = [name for name in models.BACKBONES if name != "efficientnetv2s"]
+SAVE_LOAD = [name for name in registry.BACKBONES if name != "efficientnetv2s"]
 
 
 @pytest.mark.parametrize("name", SAVE_LOAD)
@@ -96,7 +96,7 @@ def test_model_saves_and_loads_with_identical_predictions(name, tmp_path):
     assert before.shape == (2, 1) and before.dtype == np.float32
 
     backbone = model.get_layer("backbone")
-    last_conv = backbone.get_layer(models.BACKBONES[name].last_conv_layer)
+    last_conv = backbone.get_layer(registry.BACKBONES[name].last_conv_layer)
     assert len(last_conv.output.shape) == 4  # a feature map Grad-CAM can weigh
     assert last_conv.output is backbone.outputs[0]
 
@@ -146,15 +146,15 @@ def test_set_backbone_trainable_counts_and_keeps_batchnorm_frozen(resnet):
         (17, head + _params(convs)),  # stem + 16 residual blocks = all
     ]
     for trainable, count in expected:
-        models.set_backbone_trainable(resnet, trainable)
-        assert models.count_trainable_weights(resnet) == count, trainable
+        registry.set_backbone_trainable(resnet, trainable)
+        assert registry.count_trainable_weights(resnet) == count, trainable
         assert not any(bn.trainable for bn in batchnorms)
         assert resnet.get_layer("head_bn").trainable
-    assert len(models.backbone_blocks(backbone)) == 17
+    assert len(registry.backbone_blocks(backbone)) == 17
 
     with pytest.raises(PcamError, match="17 blocks"):
-        models.set_backbone_trainable(resnet, 18)
-    models.set_backbone_trainable(resnet, False)
+        registry.set_backbone_trainable(resnet, 18)
+    registry.set_backbone_trainable(resnet, False)
 
 
 def _fit_one_step(model, tiles, labels):
@@ -163,11 +163,11 @@ def _fit_one_step(model, tiles, labels):
 
 
 def test_fine_tuning_leaves_batchnorm_statistics_alone():
-    model = models.create_model("simple-cnn", image_size=32, tile_size=TILE, weights="none")
+    model = registry.create_model("simple-cnn", image_size=32, tile_size=TILE, weights="none")
     backbone = model.get_layer("backbone")
     tiles, labels = _tiles(8, seed=2), np.array([0, 1] * 4, np.float32)
 
-    models.set_backbone_trainable(model, True)
+    registry.set_backbone_trainable(model, True)
     bn_before = [w.numpy().copy() for w in backbone.get_layer("block1_bn").weights]
     conv_before = backbone.get_layer("block1_conv").kernel.numpy().copy()
     _fit_one_step(model, tiles, labels)
@@ -176,7 +176,7 @@ def test_fine_tuning_leaves_batchnorm_statistics_alone():
     assert not np.array_equal(conv_before, backbone.get_layer("block1_conv").kernel.numpy())
 
     # From random weights BatchNorm must learn: freeze_batchnorm=False lets it.
-    models.set_backbone_trainable(model, True, freeze_batchnorm=False)
+    registry.set_backbone_trainable(model, True, freeze_batchnorm=False)
     mean_before = backbone.get_layer("block1_bn").moving_mean.numpy().copy()
     _fit_one_step(model, tiles, labels)
     assert not np.array_equal(mean_before, backbone.get_layer("block1_bn").moving_mean.numpy())
@@ -204,7 +204,7 @@ def offline():
 
 def test_imagenet_weights_without_network_is_a_one_line_error(offline):
     try:
-        models.create_model("resnet50", image_size=SMALL, weights="imagenet")
+        registry.create_model("resnet50", image_size=SMALL, weights="imagenet")
     except PcamError as error:
         message = str(error)
     else:
@@ -215,54 +215,54 @@ def test_imagenet_weights_without_network_is_a_one_line_error(offline):
 
 
 def test_simple_cnn_with_imagenet_weights_starts_from_random_weights(offline):
-    model = models.create_model("simple-cnn", weights="imagenet")
+    model = registry.create_model("simple-cnn", weights="imagenet")
     assert model.predict(_tiles(1), verbose=0).shape == (1, 1)
 
 
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # the mismatched file
 def test_backbone_weights_from_a_local_file(tmp_path):
-    source = models.create_model("simple-cnn", image_size=32, weights="none")
+    source = registry.create_model("simple-cnn", image_size=32, weights="none")
     path = tmp_path / "simple.weights.h5"
     source.get_layer("backbone").save_weights(path)
-    model = models.create_model("simple-cnn", image_size=32, weights=str(path))
+    model = registry.create_model("simple-cnn", image_size=32, weights=str(path))
     for expected, got in zip(source.get_layer("backbone").weights,
                              model.get_layer("backbone").weights):
         np.testing.assert_array_equal(expected.numpy(), got.numpy())
 
     with pytest.raises(PcamError, match="not found"):
-        models.create_model("simple-cnn", weights=str(tmp_path / "missing.weights.h5"))
+        registry.create_model("simple-cnn", weights=str(tmp_path / "missing.weights.h5"))
     other = tmp_path / "resnet.weights.h5"
     _small_model("resnet50").get_layer("backbone").save_weights(other)
     with pytest.raises(PcamError, match="could not load backbone weights"):
-        models.create_model("simple-cnn", weights=str(other))
+        registry.create_model("simple-cnn", weights=str(other))
 
 
 def test_backbone_from_a_pcam_model_of_another_tile_size(tmp_path):
     """--weights RUN/fold_K/best.keras: transfer, e.g. from PCam's 96 px tiles
     to 128 px images; the backbone is copied, the head starts afresh."""
-    source = models.create_model("cpu-cnn", image_size=32, weights="none", num_classes=2)
+    source = registry.create_model("cpu-cnn", image_size=32, weights="none", num_classes=2)
     trained = tmp_path / "best.keras"
     source.save(trained)
-    model = models.create_model("cpu-cnn", image_size=48, weights=str(trained), num_classes=6)
+    model = registry.create_model("cpu-cnn", image_size=48, weights=str(trained), num_classes=6)
     assert model.output_shape == (None, 6)
     pairs = list(zip(source.get_layer("backbone").weights, model.get_layer("backbone").weights))
     assert len(pairs) == len(source.get_layer("backbone").weights) > 20  # BN statistics too
     for expected, got in pairs:
         np.testing.assert_array_equal(expected.numpy(), got.numpy())
-    fresh = models.create_model("cpu-cnn", image_size=48, weights="none")
+    fresh = registry.create_model("cpu-cnn", image_size=48, weights="none")
     assert not np.array_equal(fresh.get_layer("backbone").weights[0].numpy(),
                               model.get_layer("backbone").weights[0].numpy())
 
     with pytest.raises(PcamError, match="holds a cpu-cnn backbone, not simple-cnn: pass "
                                         "--backbone cpu-cnn"):
-        models.create_model("simple-cnn", weights=str(trained))
+        registry.create_model("simple-cnn", weights=str(trained))
     plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Dense(1)], name="mine")
     plain.save(tmp_path / "mine.keras")
     with pytest.raises(PcamError, match="not a pcam model"):
-        models.create_model("cpu-cnn", weights=str(tmp_path / "mine.keras"))
+        registry.create_model("cpu-cnn", weights=str(tmp_path / "mine.keras"))
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(PcamError, match="could not read .*broken.keras as a pcam model"):
-        models.create_model("cpu-cnn", weights=str(tmp_path / "broken.keras"))
+        registry.create_model("cpu-cnn", weights=str(tmp_path / "broken.keras"))
 
 
 @pytest.mark.parametrize("name, tile, weights, expected", [
@@ -274,16 +274,16 @@ def test_backbone_from_a_pcam_model_of_another_tile_size(tmp_path):
     ("simple-cnn", 96, "imagenet", 96),   # no ImageNet weights to match
 ])
 def test_default_image_size_follows_the_recipe(name, tile, weights, expected):
-    assert models.default_image_size(name, tile, weights) == expected
+    assert registry.default_image_size(name, tile, weights) == expected
 
 
 def test_too_small_image_size_is_refused():
     with pytest.raises(PcamError, match="at least 32"):
-        models.create_model("resnet50", image_size=24, weights="none")
+        registry.create_model("resnet50", image_size=24, weights="none")
 
 
 def test_augment_layers_act_only_in_training(tmp_path):
-    model = models.create_model("simple-cnn", weights="none",
+    model = registry.create_model("simple-cnn", weights="none",
                                 augment=[keras.layers.RandomBrightness(0.5, value_range=(0, 255),
                                                                     seed=1)])
     tiles = _tiles(2).astype(np.float32)
@@ -302,7 +302,7 @@ def test_augment_layers_act_only_in_training(tmp_path):
 def test_output_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = models.create_model("simple-cnn", image_size=48, tile_size=TILE, weights="none")
+        model = registry.create_model("simple-cnn", image_size=48, tile_size=TILE, weights="none")
         probabilities = model.predict(_tiles(2), verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -313,6 +313,6 @@ def test_output_stays_float32_under_mixed_precision():
 
 def test_a_backbone_name_is_registered_once():
     with pytest.raises(ValueError, match="already registered"):
-        models.register_backbone(models.BACKBONES["simple-cnn"])
-    model = models.create_model("simple-cnn", image_size=32, weights="none")
-    assert models.backbone_of(model) is models.BACKBONES["simple-cnn"]
+        registry.register_backbone(registry.BACKBONES["simple-cnn"])
+    model = registry.create_model("simple-cnn", image_size=32, weights="none")
+    assert registry.backbone_of(model) is registry.BACKBONES["simple-cnn"]

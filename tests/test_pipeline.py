@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import tifffile
 
-from pcam import pipeline
+from pcam.data import pipeline
+from pcam.data.folds import assign_folds, class_weights, load_or_assign, subset
+from pcam.data.pipeline import eval_dataset, predict_dataset, read_tiles, train_dataset
+from pcam.data.store import prepare
 from pcam.errors import PcamError
-from pcam.folds import assign_folds, class_weights, load_or_assign, subset
-from pcam.pipeline import eval_dataset, predict_dataset, read_tiles, train_dataset
 from pcam.settings import AugmentSettings, DataSettings, FoldSettings, InputSettings
-from pcam.store import prepare
 
 
 @pytest.fixture(scope="module")

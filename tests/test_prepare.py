@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import REPO
 
-from pcam.competition import read_competition
+from pcam.data.competition import read_competition
+from pcam.data.store import open_store, prepare
 from pcam.errors import PcamError
 from pcam.settings import DataSettings
-from pcam.store import open_store, prepare
-
-from conftest import REPO
 
 
 def first_train_id(layout):
@@ -133,7 +132,8 @@ def test_store_holds_every_tile_exactly(layout):
     assert list(test.index()["id"]) == list(pd.read_csv(layout / "sample_submission.csv")["id"])
 
     import tensorflow as tf
-    from pcam.pipeline import parse
+
+    from pcam.data.pipeline import parse
 
     raw = next(iter(tf.data.TFRecordDataset([str(p) for p in train.shards]).batch(300)))
     records = parse(raw, (96, 96, 3))
@@ -289,7 +289,7 @@ def test_a_tile_changed_in_place_rebuilds_the_store(layout, capsys):
     again = prepare(settings, splits=("train",))["train"]
     assert "source files changed" in capsys.readouterr().out
     assert again.manifest["fingerprint"] != store.manifest["fingerprint"]
-    from pcam.pipeline import read_tiles
+    from pcam.data.pipeline import read_tiles
     np.testing.assert_array_equal(read_tiles(again, [store.index()["id"][0]])[0], 255 - image)
 
 
@@ -309,8 +309,8 @@ def test_records_that_do_not_match_the_index_are_refused_when_filling_ram(layout
     boundary: it used to train on shifted labels and black tiles."""
     import tensorflow as tf
 
-    from pcam.pipeline import ram_tiles
-    from pcam.store import open_store
+    from pcam.data.pipeline import ram_tiles
+    from pcam.data.store import open_store
 
     _, store = built(layout)
     manifest = json.loads((store.path / "manifest.json").read_text())

@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pcam import metrics
 from pcam.errors import PcamError
-from pcam.evaluate import evaluate, report_predictions
+from pcam.report.evaluate import evaluate, report_predictions
 from pcam.runs import prob_columns
 from pcam.settings import DataSettings, EvaluateSettings, FoldSettings, RunSettings, to_json
 

@@ -5,14 +5,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from pcam.errors import PcamError
 from pcam.settings import (AugmentSettings, DataSettings, DeviceSettings, EvaluateSettings,
                            ExplainSettings, FoldSettings, InputSettings, ModelSettings,
                            PredictSettings, RunSettings, TrainSettings, from_dict, from_json,
                            to_dict)
-
-from conftest import REPO
 
 REFUSED = [
     (TrainSettings, dict(epochs_frozen=-1), "--epochs-frozen -1: must be a whole number, at least 0"),

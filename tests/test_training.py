@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from pcam.errors import PcamError
 from pcam.settings import (AugmentSettings, DataSettings, FoldSettings, InputSettings,
                            ModelSettings, RunSettings, TrainSettings)
-from pcam.training import run_cv
-
-from conftest import REPO
+from pcam.train.training import run_cv
 
 
 def tiny(layout, tmp_path, **changes) -> RunSettings:
@@ -198,8 +197,8 @@ def two_workers(args: list[str], timeout=600) -> list[tuple[int, str, str]]:
 
 
 def test_multi_worker_strategy_two_processes_chief_writes_the_run(layout_cache, tmp_path):
-    """Keras 3 needs pcam.distribute.fix_keras_multi_worker for this (keras-team/keras#20585)."""
-    from pcam.store import prepare
+    """Keras 3 needs pcam.train.distribute.fix_keras_multi_worker for this (keras-team/keras#20585)."""
+    from pcam.data.store import prepare
 
     store_dir = tmp_path / "store"
     runs = tmp_path / "runs"
@@ -236,11 +235,11 @@ def test_resnet50_two_phases_counts_batchnorm_and_hand_over(layout_cache, tmp_pa
     BatchNorm frozen, and phase 2 starts from phase 1's best weights."""
     import keras
 
-    from pcam import distribute
-    from pcam.folds import load_or_assign
-    from pcam.models import create_model
-    from pcam.store import prepare
-    from pcam.training import run_fold
+    from pcam.data.folds import load_or_assign
+    from pcam.data.store import prepare
+    from pcam.models.registry import create_model
+    from pcam.train import distribute
+    from pcam.train.training import run_fold
 
     weights = tmp_path / "resnet50.weights.h5"
     create_model("resnet50", image_size=32, weights="none").get_layer("backbone") \
@@ -311,8 +310,8 @@ def test_image_size_zero_resolves_to_the_recipe_size_in_config(finished_run):
     """The GPU recipe's input size is decided once, from the store's tile size,
     and kept in config.json: 96 px tiles are seen at 192 by an ImageNet
     ResNet50, at their own size by a backbone from random weights."""
-    from pcam.store import open_store
-    from pcam.training import resolve
+    from pcam.data.store import open_store
+    from pcam.train.training import resolve
 
     settings, _ = finished_run
     store = open_store(Path(settings.data.store_dir) / "train")
@@ -328,7 +327,7 @@ def test_image_size_zero_resolves_to_the_recipe_size_in_config(finished_run):
 
 def test_a_run_started_before_a_setting_existed_resumes_and_a_changed_one_is_refused(tmp_path):
     from pcam.settings import ModelSettings, RunSettings, to_dict
-    from pcam.training import _refuse_changes
+    from pcam.train.training import _refuse_changes
 
     settings = RunSettings(run="r", runs_dir=str(tmp_path))
     saved = to_dict(settings)

@@ -75,11 +75,13 @@ def ship(model_file: Path, layout: Path, command: str) -> dict:
     import tifffile
 
     from pcam import __version__
-    from pcam.inference import TTA_VIEWS, predict_tiles
     from pcam.io import atomic_write_text, temporary_name
     from pcam.metrics import auc
-    from pcam.models import SHIPPED
-    from pcam.runs import load_fold_model, read_history
+    from pcam.models.registry import SHIPPED
+    from pcam.models.saved import load_fold_model
+    from pcam.predict.ensemble import predict_tiles
+    from pcam.predict.tta import TTA_VIEWS
+    from pcam.runs import read_history
 
     answers = pd.read_csv(str(layout) + ".answers.csv", dtype={"id": str})
     tiles = np.stack([tifffile.imread(layout / "test" / f"{i}.tif") for i in answers["id"]])

@@ -17,7 +17,7 @@ validation curves. Run the same command again to resume: finished backbones
 and folds are skipped.
 """
 
-from pcam.cli import add_settings, command, new_parser, settings_from_args
+from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import CompareSettings
 
 
@@ -34,6 +34,15 @@ def main(argv=None):
     # Settings check themselves: nonsense is refused before TensorFlow loads.
     settings = settings_from_args(CompareSettings, args)
 
-    from pcam.compare import run_compare  # after parsing: --help answers without TensorFlow
+    # After parsing: --help answers without TensorFlow.
+    from pcam.report.compare import compare_report
+    from pcam.report.evaluate import report_run
+    from pcam.train.compare import named, train_backbones
 
-    run_compare(settings)
+    settings = named(settings)
+    if not settings.report_only:
+        for run in train_backbones(settings):  # each run's own report, as train.py writes it
+            if settings.training.report:
+                report_run(run)
+    compare_report(settings.compare_dir, bootstrap=settings.bootstrap,
+                   speed_tiles=settings.speed_tiles)

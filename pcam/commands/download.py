@@ -10,8 +10,9 @@ download resumes where it stopped.
 """
 from pathlib import Path
 
-from pcam import competition, places
-from pcam.cli import add_settings, command, new_parser, settings_from_args
+from pcam import places
+from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
+from pcam.data import competition
 from pcam.settings import DataSettings
 
 
@@ -33,7 +34,7 @@ def main(argv=None):
     dest = Path(args.data_dir) / args.competition
     store = settings_from_args(DataSettings, args, data_dir=str(dest)) if args.prepare else None
 
-    from pcam.kaggle_api import download  # after parsing: --help answers at once
+    from pcam.kaggle.api import download  # after parsing: --help answers at once
 
     # In a Kaggle notebook the competition is already there, read-only.
     default = args.data_dir == "data" and args.competition == competition.NAME

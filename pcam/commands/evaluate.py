@@ -15,7 +15,7 @@ Writes RUN/report/index.html (opens offline, from the file system), its PNGs
 and metrics.json. Training writes this report by itself when a run finishes.
 """
 
-from pcam.cli import add_settings, command, new_parser, settings_from_args
+from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import EvaluateSettings
 
 
@@ -25,6 +25,6 @@ def main(argv=None):
     add_settings(parser, EvaluateSettings, "evaluation")
     args = parser.parse_args(argv)
 
-    from pcam.evaluate import evaluate  # after parsing: --help answers without TensorFlow
+    from pcam.report.evaluate import evaluate  # after parsing: --help answers without TensorFlow
 
     evaluate(settings_from_args(EvaluateSettings, args))

@@ -14,7 +14,7 @@ and the heat map's peak per tile) and index.html with every picture.
 Written to RUN/explain/fold_K/ (or explain/ beside --model; see --out).
 """
 
-from pcam.cli import add_settings, command, new_parser, settings_from_args
+from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
 from pcam.settings import ExplainSettings
 
 
@@ -31,6 +31,6 @@ def main(argv=None):
     settings = settings_from_args(ExplainSettings, args, ids=tuple(args.ids),
                                   images=tuple(args.images))
 
-    from pcam.explain import explain  # after parsing: --help answers without TensorFlow
+    from pcam.explain.explain import explain  # after parsing: --help answers without TensorFlow
 
     explain(settings)

@@ -12,7 +12,7 @@ image, OUT/NAME-heatmap.png (image | map) and OUT/NAME-heatmap.csv (one row
 per window: y, x, predicted, one probability per class).
 """
 
-from pcam.cli import add_settings, command, new_parser, settings_from_args
+from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
 from pcam.commands.predict import parse_folds
 from pcam.settings import HeatmapSettings
 
@@ -34,6 +34,6 @@ def main(argv=None):
     settings = settings_from_args(HeatmapSettings, args,
                                   images=tuple(args.paths) + tuple(args.images))
 
-    from pcam.heatmap import map_images  # after parsing: --help answers without TensorFlow
+    from pcam.explain.heatmap import map_images  # after parsing: --help answers without TensorFlow
 
     map_images(settings)

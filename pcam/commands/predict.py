@@ -16,8 +16,10 @@ resolved settings go beside it: submissions/NAME.csv and submissions/NAME.json.
 Submit it with scripts/submit.py, or the kaggle command it prints.
 """
 import argparse
+from pathlib import Path
 
-from pcam.cli import add_settings, command, new_parser, settings_from_args
+from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
+from pcam.errors import PcamError
 from pcam.settings import PredictSettings
 
 
@@ -55,6 +57,47 @@ def main(argv=None):
     settings = settings_from_args(PredictSettings, args, run=tuple(args.run),
                                   images=tuple(args.images))
 
-    from pcam.inference import predict  # after parsing: --help answers without TensorFlow
-
     predict(settings)
+
+
+def predict(settings: PredictSettings) -> dict:
+    """Predict with one or more runs' folds x TTA views: loose images
+    (``settings.images``, or a labelled class-folder ``answers`` folder) into
+    a CSV of class probabilities; class-folder runs' test/ folder likewise;
+    Kaggle runs' test set into a checked submission (``predict_submission``).
+
+    Several runs are one ensemble (``combine_runs``): their classes must be
+    the same, in the same order; for their test set, their data must be of
+    the same kind and hold the same test tiles.
+
+    Labelled images (``--answers``, a labelled test/ folder) are scored, and
+    their report written beside the CSV (``pcam.report.evaluate.report_labelled``).
+
+    Returns:
+        The record written beside the output CSV.
+    """
+    # Here, after parsing: --help answers without TensorFlow.
+    from pcam.kaggle.submission import predict_submission
+    from pcam.predict.ensemble import load_members
+    from pcam.predict.images import predict_folder_test, predict_images
+
+    members = load_members(settings)
+    answers_dir = bool(settings.answers) and Path(settings.answers).is_dir()
+    if settings.images or answers_dir:
+        return _reported(predict_images(settings))
+    for m in members[1:]:
+        if m.config.data.source != members[0].config.data.source:
+            raise PcamError(f"runs {members[0].run_dir} ({members[0].config.data.source}) and "
+                            f"{m.run_dir} ({m.config.data.source}) have different kinds of "
+                            "test set; ensemble them on images with --images PATH...")
+    if members[0].config.data.source == "folders":
+        return _reported(predict_folder_test(settings))
+    return predict_submission(settings)
+
+
+def _reported(record: dict) -> dict:
+    if record.get("labelled"):
+        from pcam.report.evaluate import report_labelled
+
+        record["report"] = report_labelled(record)
+    return record

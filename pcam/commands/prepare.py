@@ -8,7 +8,8 @@ them; run this to do that step on its own (for example before a long job).
 A store that is up to date is reused in well under a second.
 """
 
-from pcam.cli import add_settings, command, machine_defaults, new_parser, settings_from_args
+from pcam.commands.cli import (add_settings, command, machine_defaults, new_parser,
+                               settings_from_args)
 from pcam.recipes import RECIPES
 from pcam.settings import DataSettings
 
@@ -29,8 +30,8 @@ def main(argv=None):
         machine_defaults(parser, argv)
     args = parser.parse_args(argv)
 
-    from pcam import demo
-    from pcam.store import prepare  # imported after parsing: --help answers without TensorFlow
+    from pcam.commands import demo
+    from pcam.data.store import prepare  # imported after parsing: --help answers without TensorFlow
 
     overrides = {"data_dir": str(demo.unpack())} if args.demo else {}
     prepare(settings_from_args(DataSettings, args, **overrides))

@@ -10,8 +10,8 @@ id,label and finite probabilities in [0, 1]. The equivalent
 credentials and the competition's rules accepted, as scripts/download.py does.
 """
 
-from pcam import competition
-from pcam.cli import command, new_parser
+from pcam.commands.cli import command, new_parser
+from pcam.data import competition
 from pcam.settings import DataSettings
 
 
@@ -28,6 +28,6 @@ def main(argv=None):
                              f"file against (default: {DataSettings().data_dir})")
     args = parser.parse_args(argv)
 
-    from pcam.inference import submit_file
+    from pcam.kaggle.submission import submit_file
 
     submit_file(args.submission, args.message, args.competition, args.data_dir)

@@ -21,7 +21,8 @@ skipped and an unfinished one continues from its last epoch.
 """
 from dataclasses import replace
 
-from pcam.cli import add_settings, command, machine_defaults, new_parser, settings_from_args
+from pcam.commands.cli import (add_settings, command, machine_defaults, new_parser,
+                               settings_from_args)
 from pcam.settings import RunSettings, to_dict
 
 
@@ -37,12 +38,13 @@ def main(argv=None):
     recipe = machine_defaults(parser, argv)
     args = parser.parse_args(argv)
     if args.demo:
-        from pcam import demo
+        from pcam.commands import demo
 
         return demo.run(args.demo)
 
     # Checks that need no TensorFlow come first: a mistake is told in a second.
-    from pcam import places, preflight, recipes
+    from pcam import places, recipes
+    from pcam.train import preflight
 
     settings = settings_from_args(RunSettings, args, recipe=recipe.name)
     if not settings.run:  # the same command again resumes the same run
@@ -53,12 +55,15 @@ def main(argv=None):
                            settings.train.epochs_frozen + settings.train.epochs_finetune,
                            source.kind, len(source.train.ids)), flush=True)
 
-    from pcam.training import run_cv
+    from pcam.train.training import run_cv
 
     summary = run_cv(settings, source=source)
     if summary is not None:
-        from pcam.guide import after_training
+        from pcam.commands.guide import after_training
+        from pcam.report.evaluate import report_run
 
         # The run trained (RUNS_DIR/latest): a read-only run resumes in a copy.
         run = places.resolve_run(places.LATEST, settings.runs_dir)
+        if settings.report:
+            report_run(run)
         print(after_training(run, source.kind), flush=True)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcam.guide import after_training
-from pcam.settings import (DataSettings, FoldSettings, InputSettings,
-                           ModelSettings, RunSettings, TrainSettings)
+from pcam.commands.guide import after_training
+from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings, RunSettings,
+                           TrainSettings)
 
-SAMPLE = Path(__file__).resolve().parent / "sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 ZIP = SAMPLE / "pcam-demo.zip"
 ANSWERS = SAMPLE / "pcam-demo.answers.csv"
 TISSUE_ZIP = SAMPLE / "kather-tissue.zip"
@@ -27,11 +27,11 @@ DEMOS = ("pcam", "tissue")
 
 def unpack(data_root: Path = Path("data")) -> Path:
     """The sample in ``data_root/pcam-demo`` (unpacked once, checked like a download)."""
-    from pcam import kaggle_api
+    from pcam.kaggle import api
 
     dest = Path(data_root) / "pcam-demo"
     if not (dest / "sample_submission.csv").is_file():
-        kaggle_api.extract(ZIP, dest, downloaded=False)
+        api.extract(ZIP, dest, downloaded=False)
         print(f"demo sample unpacked in {dest}", flush=True)
     return dest
 
@@ -46,13 +46,14 @@ def run(name: str = "pcam", data_root: Path = Path("data")) -> None:
 def run_pcam(data_root: Path = Path("data")) -> None:
     """Unpack → check → ingest → 2-fold training (and its report) → predict with
     TTA → submissions/demo.csv → its report against the sample's answers."""
-    from pcam.evaluate import evaluate
-    from pcam.inference import predict
+    from pcam.commands.predict import predict
+    from pcam.report.evaluate import evaluate, report_run
     from pcam.settings import EvaluateSettings, PredictSettings
-    from pcam.training import run_cv
+    from pcam.train.training import run_cv
 
     train_settings = settings(unpack(data_root))
     run_cv(train_settings)
+    report_run(train_settings.run_dir)
     out = Path("submissions") / "demo.csv"
     predict(PredictSettings(run=str(train_settings.run_dir), out=str(out), answers=str(ANSWERS)))
     evaluate(EvaluateSettings(submission=str(out), answers=str(ANSWERS)))
@@ -103,13 +104,15 @@ def unpack_tissue(data_root: Path = Path("data")) -> Path:
 def run_tissue(data_root: Path = Path("data")) -> None:
     """Unpack → scan → ingest → 2-fold training grouped by slide (and its
     multi-class report) → class probabilities of every tile as a CSV."""
-    from pcam.inference import predict
+    from pcam.commands.predict import predict
+    from pcam.report.evaluate import report_run
     from pcam.settings import PredictSettings
-    from pcam.training import run_cv
+    from pcam.train.training import run_cv
 
     data = unpack_tissue(data_root)
     train_settings = tissue_settings(data)
     run_cv(train_settings)
+    report_run(train_settings.run_dir)
     out = Path("predictions") / "demo-tissue.csv"
     predict(PredictSettings(run=str(train_settings.run_dir), images=(str(data),), out=str(out),
                             tta=4))

@@ -3,7 +3,7 @@
 An image is cut into overlapping tile-sized windows on a grid (``stride``
 pixels apart, default a third of a tile; the last row and column of windows
 end on the image's edge), every window is predicted by the run's model(s) in
-large batches (``pcam.inference.predict_tiles``, so the same preprocessing
+large batches (``pcam.predict.ensemble.predict_tiles``, so the same preprocessing
 and optional test-time views as prediction), and each window's probabilities
 are spread over its *footprint* and averaged where footprints overlap.
 
@@ -18,7 +18,7 @@ edges reach out to it: every pixel is covered.
 
 The averaging is two matrix products (rows covered x window grid x columns
 covered), not a loop over windows, and so is the cutting (a strided view).
-Nothing here writes files; ``write_heat_map`` does, through ``pcam.figures``.
+Nothing here writes files; ``write_heat_map`` does, through ``pcam.report.figures``.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from pcam.data.images import cut_windows, window_starts
 from pcam.errors import PcamError
-from pcam.images import cut_windows, window_starts
 
 CHUNK_WINDOWS = 2048  # windows cut and predicted at once: 57 MB of 96 px uint8 tiles
 
@@ -79,7 +79,7 @@ class HeatMap:
     def table(self, threshold: float = 0.5) -> pd.DataFrame:
         """The window grid as rows: ``y``, ``x`` (window's top-left pixel),
         ``predicted`` and one probability column per class."""
-        from pcam.inference import probability_table
+        from pcam.predict.images import probability_table
 
         yy, xx = np.meshgrid(self.ys, self.xs, indexing="ij")
         probs = self.grid.reshape(len(self.ys) * len(self.xs), *self.grid.shape[2:])
@@ -107,11 +107,11 @@ def heat_map(ensemble: Sequence, image: np.ndarray, info, stride: int | None = N
     """Class probabilities over an image larger than a tile.
 
     Args:
-        ensemble: ``(model, ModelInfo)`` pairs (``pcam.inference.load_ensemble``).
+        ensemble: ``(model, ModelInfo)`` pairs (``pcam.predict.ensemble.load_ensemble``).
         image: RGB uint8 (H, W, 3), at least a tile on each side.
         info: the models' ``ModelInfo`` (tile size, classes, centre crop, label region).
         stride: pixels between windows (default: a third of the tile).
-        views: dihedral test-time views (``pcam.inference.TTA_VIEWS[n]``).
+        views: dihedral test-time views (``pcam.predict.tta.TTA_VIEWS[n]``).
         batch: images per model call (windows x views).
         region: side of the centre square a window's answer is about (-1: the
             model's ``label_region``, else a third of the tile; 0: the whole
@@ -125,7 +125,7 @@ def heat_map(ensemble: Sequence, image: np.ndarray, info, stride: int | None = N
         PcamError: the image is smaller than a tile, or the stride is not
             between 1 and the tile size.
     """
-    from pcam.inference import predict_tiles
+    from pcam.predict.ensemble import predict_tiles
     from pcam.settings import AugmentSettings
 
     image = np.asarray(image)
@@ -182,8 +182,8 @@ def write_heat_map(heat: HeatMap, image: np.ndarray, out_dir: Path, stem: str, t
     Returns:
         ``(png, csv)`` paths: ``OUT_DIR/STEM-heatmap.png`` and ``OUT_DIR/STEM-heatmap.csv``.
     """
-    from pcam.figures import save
     from pcam.io import atomic_path
+    from pcam.report.figures import save
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def heat_map_figure(heat: HeatMap, image: np.ndarray, title: str):
     colour bar; K classes, the most likely class per region with a legend.
 
     Returns:
-        A matplotlib Figure (``pcam.figures.save`` writes it).
+        A matplotlib Figure (``pcam.report.figures.save`` writes it).
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -255,8 +255,9 @@ def map_images(settings) -> list[dict]:
     Raises:
         PcamError: no images, a file that cannot be used, or a bad run.
     """
-    from pcam.images import decode_image, list_images
-    from pcam.inference import TTA_VIEWS, load_ensemble
+    from pcam.data.images import decode_image, list_images
+    from pcam.predict.ensemble import load_ensemble
+    from pcam.predict.tta import TTA_VIEWS
     from pcam.runs import load_run, resolve_folds
 
     if not settings.images:

@@ -2,7 +2,7 @@
 
 Two layouts are recognised under ``--data-dir``:
 
-* **Kaggle** (``pcam.competition``): ``train/*.tif`` + ``train_labels.csv``,
+* **Kaggle** (``pcam.data.competition``): ``train/*.tif`` + ``train_labels.csv``,
   ``test/*.tif`` + ``sample_submission.csv``. Classes ``normal``/``tumour``,
   96x96 tiles, a label about the centre 32x32.
 * **Class folders**: ``ROOT/<class>/<image>``, or ``ROOT/train/<class>/...``
@@ -24,12 +24,11 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pcam import competition, images, places
-from pcam.competition import Split
-from pcam.errors import PcamError
+from pcam import places
+from pcam.data import competition, images
+from pcam.data.competition import Split
+from pcam.errors import SHOW, PcamError
 from pcam.settings import DataSettings
-
-SHOW = competition.SHOW
 
 
 @dataclass(frozen=True)

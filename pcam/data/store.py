@@ -31,12 +31,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pcam import competition, images, locks
-from pcam.competition import Split
-from pcam.errors import PcamError
+from pcam import locks
+from pcam.data import images
+from pcam.data.competition import Split
+from pcam.data.sources import Source, read_source
+from pcam.errors import SHOW, PcamError
 from pcam.io import atomic_write_text, remove_stale_temporaries
 from pcam.settings import DataSettings
-from pcam.sources import Source, read_source
 
 # 2: the dataset's facts (classes, tile size, label region) in the manifest.
 FORMAT = 2
@@ -177,7 +178,7 @@ def is_current(split: Split, source: Source, out: Path) -> bool:
 
 def prepare(settings: DataSettings, *, splits=("train", "test"), quiet=False,
             source: Source | None = None) -> dict[str, Store]:
-    """Scan the source (``pcam.sources``), then build (or reuse) one store per split.
+    """Scan the source (``pcam.data.sources``), then build (or reuse) one store per split.
 
     Args:
         source: the scanned source, when the caller has it already.
@@ -305,8 +306,8 @@ def _build_store(split: Split, source: Source, out: Path, settings: DataSettings
         _write_bad(out / "bad_tiles.csv", bad)
         raise PcamError(
             f"{len(bad)} {split.name} tile(s) cannot be used: "
-            + "; ".join(f"{split.path(p)} {why}" for p, why in bad[:competition.SHOW])
-            + (" ..." if len(bad) > competition.SHOW else "")
+            + "; ".join(f"{split.path(p)} {why}" for p, why in bad[:SHOW])
+            + (" ..." if len(bad) > SHOW else "")
             + f". Replace or remove them, or pass --skip-bad to leave them out "
             f"(full list: {out / 'bad_tiles.csv'})")
     return _finish(split, source, out, chunks, names, fp, bad, say)
@@ -394,7 +395,7 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, list]:
 
 
 def _tile(path: Path, size: int, resize: bool) -> tuple[np.ndarray | None, str]:
-    """One image as a size x size tile: decoded (``pcam.images``), then, with
+    """One image as a size x size tile: decoded (``pcam.data.images``), then, with
     ``resize``, centre-cropped to a square and resized; without, refused when
     it is not that size already (Kaggle's tiles are all 96x96)."""
     image, problem = images.decode_image(path)

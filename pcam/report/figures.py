@@ -21,10 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
@@ -374,7 +374,7 @@ def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
 
     Returns:
         The Figure; or, when ``path`` is given (the older calling style of
-        ``pcam.explain``), the path it was saved to.
+        ``pcam.explain.explain``), the path it was saved to.
     """
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9),
                              gridspec_kw={"width_ratios": [1, 1.22, 1], "wspace": 0.3})
@@ -397,7 +397,7 @@ def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
     return save(fig, path) if path is not None else fig
 
 
-# --- several backbones on the same tiles (pcam.compare) ---------------------------------
+# --- several backbones on the same tiles (pcam.report.compare) ---------------------------------
 
 def roc_comparison(curves: dict[str, tuple], classes: Sequence[str],
                    aucs: dict[str, float]) -> Figure:
@@ -519,7 +519,7 @@ def explanation_panels(tile: np.ndarray, heat: np.ndarray, label_region: int = P
 
     Args:
         tile: (S, S, 3) uint8, the model's input.
-        heat: (S, S) in 0..1 (``pcam.gradcam.gradcam``).
+        heat: (S, S) in 0..1 (``pcam.models.gradcam.gradcam``).
         side: pixels of each picture (S is scaled to it).
         gap: white pixels between the pictures.
 

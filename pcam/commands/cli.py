@@ -11,7 +11,6 @@ from pathlib import Path
 from pcam.errors import PcamError
 from pcam.settings import section
 
-
 VERBOSE = "--verbose"
 
 
@@ -81,8 +80,8 @@ def machine_defaults(parser: argparse.ArgumentParser, argv, recipe: bool = True)
         The ``pcam.recipes.Recipe`` chosen, or None without ``recipe``.
     """
     from pcam import places, recipes
+    from pcam.data.sources import detect
     from pcam.settings import DataSettings
-    from pcam.sources import detect
 
     first, _ = parser.parse_known_args(argv)
     data_dir = Path(first.data_dir)

@@ -1,9 +1,9 @@
-"""Compare backbones: one ordinary run per backbone on the same folds, one report.
+"""The report of a comparison of backbones: their runs side by side, on the same tiles.
 
-``run_compare(CompareSettings)`` trains, for each backbone, a run at
-``RUNS_DIR/NAME/<backbone>/`` through the training library, every run on the
-comparison's folds (``RUNS_DIR/NAME/folds.csv``: the folds the first run
-made, handed to every later one), then gathers them::
+``pcam.train.compare`` trains, for each backbone, a run at
+``RUNS_DIR/NAME/<backbone>/``, every run on the comparison's folds
+(``RUNS_DIR/NAME/folds.csv``: the folds the first run made, handed to every
+later one); this module gathers them::
 
     RUNS_DIR/NAME/folds.csv            the folds every run trains on
     RUNS_DIR/NAME/<backbone>/          an ordinary run (evaluate, predict,
@@ -34,129 +34,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pcam import figures, metrics, report
+from pcam import metrics
 from pcam.errors import PcamError
 from pcam.io import atomic_write_json, atomic_write_text
-from pcam.runs import (finished_folds, load_fold_model, load_run, probabilities, read_history,
-                       read_oof, run_classes)
-from pcam.settings import CompareSettings, RunSettings, to_dict
+from pcam.models.saved import load_fold_model
+from pcam.report import figures, page
+from pcam.runs import (FOLDS, finished_folds, load_run, probabilities, read_folds, read_history,
+                       read_oof, run_classes, same_folds)
+from pcam.settings import RunSettings
 
-FOLDS = "folds.csv"
 REPORT = "report"
+RENEW = "delete it and its runs, or choose a new --name"
 
-
-# --- training ------------------------------------------------------------------------
-
-def run_compare(settings: CompareSettings) -> dict | None:
-    """Train every backbone's run that is not finished, then write the report.
-
-    Returns:
-        The report's record (``comparison.json``), or None when no run has a
-        finished fold yet to report on.
-    """
-    if settings.report_only:
-        return compare_report(settings.compare_dir, bootstrap=settings.bootstrap,
-                              speed_tiles=settings.speed_tiles)
-    from pcam.models import get_backbone  # the registry: a wrong name lists the valid ones
-    from pcam.places import default_run_name
-    from pcam.training import run_cv
-
-    specs = [get_backbone(name) for name in settings.backbones]
-    weights = settings.training.model.weights
-    if weights not in ("imagenet", "none") and len(specs) > 1:
-        raise PcamError(f"--weights {weights}: a weights file belongs to one backbone; compare "
-                        "with --weights imagenet (from scratch where a backbone has none) or "
-                        "--weights none")
-    if not settings.name:
-        settings = dataclasses.replace(settings, name=default_run_name())
-    compare_dir = settings.compare_dir
-    print(f"comparison {compare_dir}: {', '.join(settings.backbones)}", flush=True)
-    for spec in specs:
-        run = backbone_settings(settings.training, spec.name, spec.pretrained, compare_dir)
-        todo = (range(run.folds.folds) if run.fold == -1 else [run.fold])
-        done = finished_folds(run.run_dir, run.folds.folds)
-        if (run.run_dir / "config.json").is_file() and set(todo) <= set(done):
-            _check_same_training(run)
-            print(f"{spec.name}: finished earlier, skipped", flush=True)
-            continue
-        shared = compare_dir / FOLDS
-        folds = _read_folds(shared) if shared.is_file() else None
-        print(f"--- {spec.name}: run {run.run_dir}", flush=True)
-        run_cv(run, folds=folds)
-        _adopt_or_check_folds(run.run_dir, shared)
-    return compare_report(compare_dir, bootstrap=settings.bootstrap,
-                          speed_tiles=settings.speed_tiles)
-
-
-def backbone_settings(template: RunSettings, backbone: str, pretrained: bool,
-                      compare_dir: Path) -> RunSettings:
-    """The run of one backbone: the template with the backbone replaced, named
-    after it, in the comparison's folder.
-
-    A backbone that starts from random weights (``--weights imagenet`` for
-    one that has none, e.g. simple-cnn, or ``--weights none``) is trained from scratch: a
-    frozen phase would train only the head on a random backbone, so its
-    epochs go to the second phase, in which everything learns. The
-    learning rates stay the template's.
-    """
-    weights = template.model.weights
-    scratch = weights == "none" or (weights == "imagenet" and not pretrained)
-    model = dataclasses.replace(template.model, backbone=backbone,
-                                weights="none" if scratch else template.model.weights)
-    train = template.train
-    if scratch and train.epochs_frozen:
-        train = dataclasses.replace(train, epochs_frozen=0,
-                                    epochs_finetune=train.epochs_frozen + train.epochs_finetune)
-    return dataclasses.replace(template, run=backbone, runs_dir=str(compare_dir), model=model,
-                               train=train)
-
-
-def _check_same_training(run: RunSettings) -> None:
-    """Refuse to skip a finished run that was trained with other settings than
-    the command's: its results would be reported as the command's."""
-    from pcam.training import RESUMABLE
-
-    _, saved = load_run(run.run_dir)
-    now, then = to_dict(run), to_dict(saved)
-    if not run.model.image_size:  # 0: resolved to the tiles' size when it was trained
-        now["model"]["image_size"] = then["model"]["image_size"]
-    changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
-               for key in now[section] if now[section][key] != then[section].get(key)]
-    if changed:
-        raise PcamError(f"run {run.run_dir} was trained with other settings "
-                        f"({', '.join(changed)}); compare with the same settings or choose a "
-                        "new --name")
-
-
-def _read_folds(path: Path) -> pd.DataFrame:
-    try:
-        folds = pd.read_csv(path, dtype={"id": str})
-        return folds[["id", "label", "fold"]].astype({"label": int, "fold": int})
-    except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        raise PcamError(f"{path}: not a folds table (id,label,fold); delete it and its "
-                        "runs, or choose a new --name") from None
-
-
-def _adopt_or_check_folds(run_dir: Path, shared: Path) -> None:
-    """Make the first run's folds the comparison's; check a later run's against them."""
-    own = run_dir / FOLDS
-    if not own.is_file():
-        return
-    if not shared.is_file():
-        atomic_write_text(shared, own.read_text())
-        return
-    if not _same_folds(_read_folds(own), _read_folds(shared)):
-        raise PcamError(f"{own} differs from the comparison's {shared}: this run was started "
-                        "with other folds; delete its folder and run the comparison again")
-
-
-def _same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    key = ["id", "label", "fold"]
-    a, b = a[key].sort_values("id", ignore_index=True), b[key].sort_values("id", ignore_index=True)
-    return a.equals(b)
-
-
-# --- the report ----------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Entry:
@@ -197,7 +86,7 @@ def compare_report(compare_dir: Path, *, bootstrap: int = 1000, speed_tiles: int
     table = pd.DataFrame(record["rows"])
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
     atomic_write_json(out / "comparison.json", record)
-    atomic_write_text(out / "index.html", report.compare_page(record, images))
+    atomic_write_text(out / "index.html", page.compare_page(record, images))
     for note in record["notes"]:
         print(f"note: {note}", flush=True)
     print(format_table(record), flush=True)
@@ -233,13 +122,13 @@ def gather(compare_dir: Path) -> tuple[list[Entry], list[str]]:
                         "training first (the same command resumes)")
     classes = run_classes(found[0][1])
     shared = compare_dir / FOLDS
-    reference = _read_folds(shared) if shared.is_file() else _read_folds(found[0][0] / FOLDS)
+    reference = read_folds(shared if shared.is_file() else found[0][0] / FOLDS, RENEW)
     for run_dir, config, _ in found:
         if run_classes(config) != classes:
             raise PcamError(f"{run_dir} has classes {', '.join(run_classes(config))}, "
                             f"{found[0][0]} has {', '.join(classes)}: runs of a comparison "
                             "must be trained on the same data")
-        if not _same_folds(_read_folds(run_dir / FOLDS), reference):
+        if not same_folds(read_folds(run_dir / FOLDS, RENEW), reference):
             raise PcamError(f"{run_dir / FOLDS} differs from the comparison's folds"
                             f"{' (' + str(shared) + ')' if shared.is_file() else ''}: it was "
                             "trained on other folds or other data; train it again in this "
@@ -448,7 +337,7 @@ def _num(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def _figures(entries: list[Entry], record: dict, out: Path) -> list[report.Figure]:
+def _figures(entries: list[Entry], record: dict, out: Path) -> list[page.Figure]:
     classes = record["classes"]
     curves = {e.name: (e.oof["label"].to_numpy(), probabilities(e.oof, classes))
               for e in entries}
@@ -457,7 +346,7 @@ def _figures(entries: list[Entry], record: dict, out: Path) -> list[report.Figur
                  for e in entries}
     binary = record["task"] == "binary"
     shown = [
-        report.Figure(figures.save(figures.roc_comparison(curves, classes, aucs),
+        page.Figure(figures.save(figures.roc_comparison(curves, classes, aucs),
                                    out / "roc.png"),
                       "ROC curves",
                       "Every backbone's pooled out-of-fold predictions on the same tiles"
@@ -465,14 +354,14 @@ def _figures(entries: list[Entry], record: dict, out: Path) -> list[report.Figur
                          if binary else "; K classes: the macro average of the one-vs-rest "
                          "curves (true positive rate averaged over classes at each false "
                          "positive rate).")),
-        report.Figure(figures.save(figures.recall_bars(record["recall"], classes),
+        page.Figure(figures.save(figures.recall_bars(record["recall"], classes),
                                    out / "recall.png"),
                       "Recall (sensitivity) per class",
                       "The fraction of each true class each backbone called that class"
                       + (f" at its threshold (for {classes[0]} this is the specificity)."
                          if binary else " (the most probable class)."
                          )),
-        report.Figure(figures.save(figures.validation_curves(
+        page.Figure(figures.save(figures.validation_curves(
             histories, "AUC" if binary else "macro AUC"), out / "validation.png"),
                       "Validation curves",
                       "Validation " + ("AUC" if binary else "macro AUC") + " per epoch "

@@ -4,7 +4,7 @@ A model takes raw RGB tiles, 0..255 (uint8 or float), and carries everything
 else inside itself: resizing to the backbone's input size, training-only
 augmentation layers, the backbone's own preprocessing, the backbone and the
 head. A saved ``.keras`` file therefore works on a raw tile with no side
-knowledge (loading it needs ``import pcam.models``, which registers the
+knowledge (loading it needs ``import pcam.models.registry``, which registers the
 custom layers: ``ChannelStandardize``, and CoAtNet's ``RelativeAttention2D``).
 
 Layout of a model (layer names are fixed so that training and Grad-CAM code
@@ -25,15 +25,15 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from pcam.coatnet import COATNET0_BLOCKS, COATNET0_CHANNELS, SIZE_MULTIPLE, coatnet
 from pcam.errors import PcamError
+from pcam.models.coatnet import COATNET0_BLOCKS, COATNET0_CHANNELS, SIZE_MULTIPLE, coatnet
 from pcam.task import output_units
 
 DEFAULT_BACKBONE = "resnet50"
 # Backbones trained on PCam that ship inside the package (``--weights pcam``):
 # cpu-cnn trained by the CPU recipe on 18,000 real PCam tiles (CC0), made by
 # tools/make_pcam_backbone.py, whose record sits beside the file.
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = {"cpu-cnn": WEIGHTS_DIR / "cpu-cnn-pcam.weights.h5"}
 # simple-cnn's design size: 3 stride-2 convolutions take 96 px to a 12x12 map
 # whose cells each see ~31 px. Any size works; this is its registry native size.
@@ -222,7 +222,7 @@ def convnext_tiny(include_top=False, weights=None, input_shape=(224, 224, 3)):
 
 def coatnet_backbone(name: str, *, blocks=COATNET0_BLOCKS, channels=COATNET0_CHANNELS,
                      **architecture) -> Backbone:
-    """A registry entry for a CoAtNet of the given shape (``pcam.coatnet.coatnet``'s
+    """A registry entry for a CoAtNet of the given shape (``pcam.models.coatnet.coatnet``'s
     arguments); CoAtNet-0 by default. Tests register narrow ones, e.g.
     ``register_backbone(coatnet_backbone("coatnet-narrow", blocks=(1, 1, 1, 1, 1),
     channels=(8, 8, 16, 16, 32)))``; a model saved from one loads in any process
@@ -476,7 +476,7 @@ def _copy_backbone(spec: Backbone, backbone: keras.Model, path: Path) -> None:
     Convolution weights do not depend on the input size, so a model trained
     on 96 px tiles starts one fed 128 px tiles.
     """
-    import pcam.augment  # noqa: F401 -- registers the custom layers the file may hold
+    import pcam.data.augment  # noqa: F401 -- registers the custom layers the file may hold
 
     try:
         source = keras.models.load_model(path, compile=False)

@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from pcam import competition as comp
+from pcam.data import competition as comp
 from pcam.errors import PcamError
 from pcam.settings import DataSettings
 
@@ -307,7 +307,7 @@ def download(competition: str = comp.NAME, data_dir: str | Path = "data", *, for
         print(f"{dest}: ready ({n_train:,} train, {n_test:,} test tiles)", flush=True)
 
     if settings is not None:
-        from pcam.store import prepare
+        from pcam.data.store import prepare
 
         prepare(settings)
     return dest
@@ -318,8 +318,8 @@ def _store_current(settings: DataSettings, splits) -> bool:
 
     Asked here so that a run with nothing to do prints one line.
     """
-    from pcam.sources import read_source
-    from pcam.store import is_current
+    from pcam.data.sources import read_source
+    from pcam.data.store import is_current
 
     source = read_source(dataclasses.replace(settings, source="kaggle"))
     return all(is_current(split, source, settings.store_path / split.name) for split in splits)

@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 
 from pcam.errors import PcamError
 from pcam.io import atomic_write_text
+from pcam.runs import read_folds
 from pcam.settings import FoldSettings
 
 
@@ -78,7 +79,7 @@ def assign_folds(index: pd.DataFrame, settings: FoldSettings, classes=()) -> pd.
     if settings.groups:
         groups = read_groups(settings.groups, index["id"])
     elif settings.group_pattern:
-        from pcam.sources import groups_from_pattern
+        from pcam.data.sources import groups_from_pattern
 
         groups = np.asarray(groups_from_pattern(index["id"], settings.group_pattern))
     if groups is not None:
@@ -127,7 +128,7 @@ def load_or_assign(path: Path, index: pd.DataFrame, settings: FoldSettings,
     """Folds saved at ``path`` if there (a resumed run), else new ones saved there."""
     path = Path(path)
     if path.is_file():
-        saved = pd.read_csv(path, dtype={"id": str, "label": int, "fold": int})
+        saved = read_folds(path)
         return check_folds(saved, index, settings.folds, str(path), "start a new --run",
                            "use the run's setting or a new --run")
     folds = assign_folds(subset(index, settings.max_tiles, settings.seed), settings, classes)

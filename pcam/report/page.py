@@ -63,7 +63,7 @@ def html_page(record: dict, images: list[Figure]) -> str:
     """The report page: summary, metrics tables, figures, settings.
 
     Args:
-        record: what ``pcam.evaluate`` writes as ``metrics.json``; its
+        record: what ``pcam.report.evaluate`` writes as ``metrics.json``; its
             ``task`` ("binary", the default for older records, or
             "multiclass") decides the summary and the tables.
         images: the figures, in the order shown.
@@ -209,11 +209,11 @@ def _ci(m: dict) -> str:
 
 
 def compare_page(record: dict, images: list[Figure]) -> str:
-    """The comparison page (``pcam.compare``): conclusions, the side-by-side
+    """The comparison page (``pcam.report.compare``): conclusions, the side-by-side
     table with the paired differences from the best backbone, figures.
 
     Args:
-        record: what ``pcam.compare`` writes as ``comparison.json``.
+        record: what ``pcam.report.compare`` writes as ``comparison.json``.
         images: the figures, in the order shown.
     """
     e = html.escape

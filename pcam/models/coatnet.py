@@ -32,12 +32,12 @@ the backbone at ``image_size``). The five halvings need a side divisible by 32.
 
 Layers are named ``stem_*``, ``blockSB_*`` (S the stage 1-4, B a letter per
 block: ``block1a_``, ``block3e_``), ``top_norm``, as in Keras' EfficientNets,
-so that ``pcam.models.backbone_blocks`` groups them per block (stem + 12).
+so that ``pcam.models.registry.backbone_blocks`` groups them per block (stem + 12).
 
 A narrow CoAtNet for tests: ``coatnet(input_shape=(32, 32, 3), blocks=(1, 1, 1,
 1, 1), channels=(8, 8, 16, 16, 32))`` (head dimension 32 on 16 channels gives
 one head of 16); register it as a backbone with
-``pcam.models.register_backbone(pcam.models.coatnet_backbone("coatnet-narrow",
+``pcam.models.registry.register_backbone(pcam.models.registry.coatnet_backbone("coatnet-narrow",
 blocks=..., channels=...))``.
 """
 from __future__ import annotations
@@ -242,6 +242,6 @@ def coatnet(include_top=False, weights=None, input_shape=(224, 224, 3), *,
             else:
                 x = _transformer(x, channels[stage], b == 0, head_dim, mlp_ratio, prefix)
     # Pre-norm blocks leave the residual stream unnormalized: a last norm
-    # before the head, as in ViT. Grad-CAM reads this map (see pcam.models).
+    # before the head, as in ViT. Grad-CAM reads this map (see pcam.models.registry).
     x = layers.LayerNormalization(epsilon=LN_EPSILON, name="top_norm")(x)
     return keras.Model(inputs, x, name=name)

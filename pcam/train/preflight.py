@@ -15,9 +15,9 @@ import math
 
 import pandas as pd
 
+from pcam.data.sources import Source, read_source
 from pcam.errors import PcamError
 from pcam.settings import RunSettings
-from pcam.sources import Source, read_source
 
 # Fewer optimisation steps an epoch than this, and a from-scratch model
 # hardly moves: 30 tiles at batch 128 made one step an epoch, and every
@@ -36,7 +36,7 @@ def check_run(settings: RunSettings) -> Source:
     """
     check_fold(settings)
     source = read_source(settings.data)
-    from pcam.folds import assign_folds, subset  # scikit-learn: 0.5-2 s, after the scan
+    from pcam.data.folds import assign_folds, subset  # scikit-learn: 0.5-2 s, after the scan
 
     # Folds that cannot be made (a class or a group count below --folds, a
     # pattern that matches nothing) are found before minutes of ingest.

@@ -2,7 +2,7 @@
 
 ``explain(ExplainSettings)`` takes a run's fold model (or a bare ``.keras``
 file), reads the tiles (ids from the tile stores, or image files), computes
-Grad-CAM (``pcam.gradcam``) and writes into its output folder::
+Grad-CAM (``pcam.models.gradcam``) and writes into its output folder::
 
     <name>.png         tile | heat map | overlay, with the probability (and the label when known)
     explanations.csv   name, source, label, prob, evidence_for, peak_row, peak_col, png
@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pcam import figures, report
-from pcam.errors import PcamError
-from pcam.io import atomic_write_text
+from pcam.errors import SHOW, PcamError, listed
+from pcam.io import atomic_write_text, cannot_write
+from pcam.report import figures, page
 from pcam.settings import DataSettings, ExplainSettings, RunSettings
-
-SHOW = 5  # names an error message lists before "..."
 
 
 @dataclass
@@ -60,9 +58,10 @@ def explain(settings: ExplainSettings) -> pd.DataFrame:
     """
     from dataclasses import replace
 
-    from pcam.gradcam import explainer, gradcam
-    from pcam.images import list_images
-    from pcam.runs import load_model_with_info, resolve_target
+    from pcam.data.images import list_images
+    from pcam.models.gradcam import explainer, gradcam
+    from pcam.models.saved import load_model_with_info
+    from pcam.runs import resolve_target
 
     chosen = choose_model(settings)
     if not settings.ids and not settings.images:
@@ -81,7 +80,7 @@ def explain(settings: ExplainSettings) -> pd.DataFrame:
         read_images(list_images(settings.images), info.tile_size, crop, tiles)
     wrong = [n for n, im in zip(tiles.names, tiles.images) if im.shape[:2] != (side, side)]
     if wrong:  # a store's tiles for a model of another size
-        raise PcamError(f"the model takes {side}x{side} tiles; {_first(wrong)} are "
+        raise PcamError(f"the model takes {side}x{side} tiles; {listed(wrong)} are "
                         f"{'x'.join(map(str, tiles.images[0].shape[:2]))}: is this model "
                         "from a run on these tiles?")
     explain_with = explainer(model)
@@ -123,9 +122,9 @@ def choose_model(settings: ExplainSettings) -> Chosen:
 def read_ids(settings: ExplainSettings, config: RunSettings | None, crop: int,
              tiles: Tiles) -> None:
     """The tiles with ``settings.ids`` from the train store, else the test store."""
-    from pcam.inference import data_settings
-    from pcam.pipeline import read_tiles
-    from pcam.store import open_store
+    from pcam.data.pipeline import read_tiles
+    from pcam.data.store import open_store
+    from pcam.predict.ensemble import data_settings
 
     if config is not None:
         data = data_settings(config, settings)
@@ -153,7 +152,7 @@ def read_ids(settings: ExplainSettings, config: RunSettings | None, crop: int,
     missing = [i for i in wanted if i not in found]
     if missing:
         raise PcamError(f"{len(missing)} id(s) not in the tile stores under {data.store_path}: "
-                        f"{_first(missing)}; take ids from train_labels.csv or "
+                        f"{listed(missing)}; take ids from train_labels.csv or "
                         "sample_submission.csv")
     for tile_id in wanted:
         source, label, image = found[tile_id]
@@ -167,7 +166,7 @@ def read_images(paths: list[Path], tile_size: int, crop: int, tiles: Tiles) -> N
     to a square, resized to ``tile_size``), then fed as validation fed
     tiles (a centre crop when the run trained on them).
     """
-    from pcam.images import decode_image, to_tile
+    from pcam.data.images import decode_image, to_tile
 
     problems = []
     for path in paths:
@@ -199,7 +198,7 @@ def write(tiles: Tiles, heat: np.ndarray, probs: np.ndarray, chosen: Chosen,
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise PcamError(f"cannot write to {out}: {err.strerror}; choose another --out") from None
+        raise cannot_write(out, err) from None
     how = f"Grad-CAM on {layer} ({map_shape[0]}x{map_shape[1]} feature map)"
     full = np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
     rows, shown = [], []
@@ -227,7 +226,7 @@ def write(tiles: Tiles, heat: np.ndarray, probs: np.ndarray, chosen: Chosen,
                      **{f"prob_{c}": float(full[i, k]) for k, c in enumerate(classes)},
                      "evidence_for": evidence_for, "peak_row": peak[0], "peak_col": peak[1],
                      "png": files[i]})
-        shown.append(report.Figure(path, name, f"source: {tiles.sources[i]}"))
+        shown.append(page.Figure(path, name, f"source: {tiles.sources[i]}"))
     columns = (["name", "source", "label", "predicted"] + [f"prob_{c}" for c in classes]
                + ["evidence_for", "peak_row", "peak_col", "png"])
     table = pd.DataFrame(rows, columns=columns).astype({"peak_row": "Int64", "peak_col": "Int64"})
@@ -237,7 +236,7 @@ def write(tiles: Tiles, heat: np.ndarray, probs: np.ndarray, chosen: Chosen,
     whose = "each tile's predicted class" if target is None else f"{classes[target]}"
     intro = (f"{len(rows)} tile(s) explained by {chosen.description}; {how}, evidence for "
              f"{whose}. Each heat map is scaled to its own strongest evidence (1).{region}")
-    atomic_write_text(out / "index.html", report.gallery_page(
+    atomic_write_text(out / "index.html", page.gallery_page(
         f"Grad-CAM: {chosen.description}", intro, shown))
     print(f"explained {len(rows)} tile(s) with {chosen.description} ({how}): "
           f"{out / 'index.html'}", flush=True)
@@ -258,12 +257,10 @@ def _file_names(names: list[str]) -> list[str]:
 def _centre(image: np.ndarray, size: int) -> np.ndarray:
     """The tile as validation feeds it: the pipeline's deterministic ops (a
     centre crop of ``size``; none when 0)."""
-    from pcam.augment import compose, eval_ops
+    from pcam.data.augment import compose, eval_ops
     from pcam.settings import AugmentSettings
 
     op = compose(eval_ops(AugmentSettings(centre_crop=size)))
     return np.asarray(op(image[None], None))[0]
 
 
-def _first(names: list[str]) -> str:
-    return ", ".join(names[:SHOW]) + (f", ... ({len(names)} in all)" if len(names) > SHOW else "")

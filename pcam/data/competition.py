@@ -9,7 +9,7 @@ Layout of a competition folder (what Kaggle ships, and what
     sample_submission.csv     id,label   (test ids, in submission order)
 
 Checks here are cheap (CSV contents, file listings) so they run before any
-long work. Tiles are decoded, and checked, by the ingest (``pcam.store``),
+long work. Tiles are decoded, and checked, by the ingest (``pcam.data.store``),
 which does that work once anyway.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pcam.errors import PcamError
+from pcam.errors import PcamError, listed
 
 NAME = "histopathologic-cancer-detection"
 N_TRAIN = 220_025
@@ -30,7 +30,6 @@ CLASSES = ("normal", "tumour")  # label 0 and label 1
 LABEL_REGION = 32  # the centre square, in pixels, that decides a tile's label
 TRAIN_CSV = "train_labels.csv"
 TEST_CSV = "sample_submission.csv"
-SHOW = 5  # how many names an error message lists before "..."
 
 
 @dataclass(frozen=True)
@@ -56,12 +55,6 @@ class Split:
         return bool(self.labels) and min(self.labels) >= 0
 
 
-def _names(items, show=SHOW) -> str:
-    items = list(items)
-    head = ", ".join(str(i) for i in items[:show])
-    return head + (f", ... ({len(items)} in all)" if len(items) > show else "")
-
-
 def read_ids_csv(path: Path, *, labelled: bool) -> tuple[pd.DataFrame | None, list[str]]:
     """Read an ``id,label`` CSV; return the table and every problem found.
 
@@ -84,15 +77,15 @@ def read_ids_csv(path: Path, *, labelled: bool) -> tuple[pd.DataFrame | None, li
     dup = table["id"][table["id"].duplicated(keep=False)]
     if len(dup):
         rows = [f"row {i + 2} '{v}'" for i, v in dup.items()]
-        problems.append(f"{path}: {dup.nunique()} id(s) appear more than once: {_names(rows)}")
+        problems.append(f"{path}: {dup.nunique()} id(s) appear more than once: {listed(rows)}")
     empty = table.index[table["id"].str.strip() == ""]
     if len(empty):
-        problems.append(f"{path}: {len(empty)} empty id(s) at {_names(f'row {i + 2}' for i in empty)}")
+        problems.append(f"{path}: {len(empty)} empty id(s) at {listed(f'row {i + 2}' for i in empty)}")
     if labelled:
         bad = table[~table["label"].isin(["0", "1"])]
         if len(bad):
             rows = [f"row {i + 2} label '{v}'" for i, v in bad["label"].items()]
-            problems.append(f"{path}: {len(bad)} label(s) not 0 or 1: {_names(rows)}")
+            problems.append(f"{path}: {len(bad)} label(s) not 0 or 1: {listed(rows)}")
     return table, problems
 
 
@@ -113,10 +106,10 @@ def _match(table: pd.DataFrame, tile_dir: Path, csv: Path) -> list[str]:
     no_tile = sorted(ids - on_disk)
     no_id = sorted(on_disk - ids)
     if no_tile:
-        problems.append(f"{csv}: {len(no_tile)} id(s) have no tile in {tile_dir}/: {_names(no_tile)}")
+        problems.append(f"{csv}: {len(no_tile)} id(s) have no tile in {tile_dir}/: {listed(no_tile)}")
     if no_id:
         problems.append(f"{tile_dir}/: {len(no_id)} tile(s) have no id in {csv.name}: "
-                        f"{_names(t + '.tif' for t in no_id)}")
+                        f"{listed(t + '.tif' for t in no_id)}")
     return problems
 
 

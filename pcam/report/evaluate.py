@@ -8,7 +8,7 @@
   runs): the labelled test tiles, into ``NAME-report/`` beside the submission.
 
 ``report_predictions`` writes the same report for any labelled predictions
-(a class-folder test set predicted by ``pcam.inference``).
+(a class-folder test set predicted by ``pcam.predict``).
 
 Two classes: the threshold is chosen once, on the pooled out-of-fold
 predictions (Youden's J, or a target sensitivity), and applied unchanged to
@@ -31,15 +31,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pcam import figures, metrics, report
+from pcam import locks, metrics
+from pcam.data.store import Store, open_store
 from pcam.errors import PcamError
-from pcam.inference import Member, ensemble_oof, read_answers
 from pcam.io import atomic_write_json, atomic_write_text
+from pcam.kaggle.submission import read_answers
+from pcam.models.saved import load_fold_model
 from pcam.places import default_store, resolve_run
-from pcam.runs import (LEGACY_CLASSES, finished_folds, load_fold_model, load_run, prob_columns,
-                       probabilities, read_history, read_oof, run_classes)
+from pcam.predict.ensemble import Member, ensemble_oof
+from pcam.report import figures, page
+from pcam.runs import (LEGACY_CLASSES, finished_folds, load_run, prob_columns, probabilities,
+                       read_history, read_oof, run_classes)
 from pcam.settings import EvaluateSettings, RunSettings, to_dict
-from pcam.store import Store, open_store
 
 POOLED = figures.POOLED
 TEST = "test"
@@ -149,6 +152,25 @@ def report_predictions(frame: pd.DataFrame, classes: Sequence[str], out: Path, t
                     store=store, notes=notes, label_region=_label_region(store, classes),
                     threshold=threshold)
     return write_report(source, Path(out), settings)
+
+
+def report_labelled(record: dict, settings: EvaluateSettings | None = None) -> dict:
+    """The report of labelled predictions that ``pcam.commands.predict.predict``
+    wrote (its record's ``labelled`` entry names the CSV, the report folder and its
+    title), read back from the CSV: the predictions reported are the file's."""
+    scored, classes = record["labelled"], tuple(record["classes"])
+    table = pd.read_csv(scored["csv"], dtype={"path": str, "label": str})
+    frame = pd.DataFrame({"id": table["path"], "label": [classes.index(c) for c in table["label"]]})
+    frame[prob_columns(classes)] = table[list(classes)].to_numpy()
+    return report_predictions(frame, classes, Path(scored["report"]), scored["title"],
+                              settings or EvaluateSettings(), threshold=record["threshold"])
+
+
+def report_run(run_dir: Path) -> dict:
+    """A run's report, as training once ended with: under the run's lock (a
+    process training another fold of it waits its turn, pcam.locks)."""
+    with locks.exclusive(run_dir, f"run {run_dir}", wait=True):
+        return evaluate(EvaluateSettings(run=str(run_dir)))
 
 
 def _check(settings: EvaluateSettings) -> None:
@@ -283,7 +305,7 @@ def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
     else:
         record, images = _multiclass_report(source, out, settings)
     atomic_write_json(out / "metrics.json", record)
-    atomic_write_text(out / "index.html", report.html_page(record, images))
+    atomic_write_text(out / "index.html", page.html_page(record, images))
     for note in source.notes:  # e.g. an answer key covering part of the submission
         print(f"note: {note}", flush=True)
     print(f"report: {out / 'index.html'}"
@@ -410,11 +432,11 @@ def _multiclass_report(source: Source, out: Path, settings: EvaluateSettings):
     return record, shown
 
 
-def _figure(fig, path: Path, title: str, caption: str) -> report.Figure:
-    return report.Figure(figures.save(fig, path), title, caption)
+def _figure(fig, path: Path, title: str, caption: str) -> page.Figure:
+    return page.Figure(figures.save(fig, path), title, caption)
 
 
-def _training(source: Source, out: Path) -> list[report.Figure]:
+def _training(source: Source, out: Path) -> list[page.Figure]:
     shown = []
     for k, history in source.histories.items():
         if history.empty:
@@ -454,7 +476,7 @@ def _can_show_tiles(source: Source, frame: pd.DataFrame) -> bool:
 def _read_tiles(source: Source, rows: pd.DataFrame) -> np.ndarray:
     """The gallery's tiles: from the tile store by id, else from image files."""
     if source.store is not None:
-        from pcam.pipeline import read_tiles  # imports TensorFlow: only for galleries
+        from pcam.data.pipeline import read_tiles  # imports TensorFlow: only for galleries
 
         return read_tiles(source.store, rows["id"])
     return read_images(rows["path"])
@@ -464,7 +486,7 @@ def read_images(paths) -> np.ndarray:
     """RGB uint8 images from files (TIFF, PNG, JPEG, ...), for a gallery of a
     test set outside any store; made square tiles of the first one's size
     (centre crop and resize, as a store makes them) when they differ."""
-    from pcam.images import decode_image, to_tile
+    from pcam.data.images import decode_image, to_tile
 
     images = []
     for path in paths:
@@ -488,7 +510,7 @@ def _region_note(source: Source) -> str:
 
 
 def _multiclass_galleries(source: Source, frame: pd.DataFrame, out: Path,
-                          n: int) -> list[report.Figure]:
+                          n: int) -> list[page.Figure]:
     """The most confident mistakes of each true class; for a run, again with
     Grad-CAM of the (wrong) predicted class by the fold model that predicted it."""
     if not _can_show_tiles(source, frame):
@@ -518,7 +540,7 @@ def _multiclass_galleries(source: Source, frame: pd.DataFrame, out: Path,
 
 
 def _binary_galleries(source: Source, frame: pd.DataFrame, threshold: float, out: Path,
-                      n: int) -> list[report.Figure]:
+                      n: int) -> list[page.Figure]:
     """The most confident mistakes: false positives with the highest
     probabilities, false negatives with the lowest; for a run, each again
     with Grad-CAM (evidence for the positive class) from the fold model
@@ -566,8 +588,8 @@ def _gradcam_by_fold(tiles: np.ndarray, rows: pd.DataFrame, source: Source,
     A model that takes centre crops is shown the crop, as in validation;
     outside it the map is 0 (the model saw nothing there).
     """
-    from pcam.augment import compose, eval_ops
-    from pcam.gradcam import explainer, gradcam
+    from pcam.data.augment import compose, eval_ops
+    from pcam.models.gradcam import explainer, gradcam
 
     as_fed = np.asarray(compose(eval_ops(source.config.augment))(tiles, None))
     start = (tiles.shape[1] - as_fed.shape[1]) // 2

@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from pcam.errors import PcamError
-from pcam.models import backbone_of
+from pcam.models.registry import backbone_of
+
 
 @dataclass(frozen=True)
 class Explainer:
@@ -56,7 +57,7 @@ class Explainer:
 def explainer(model: keras.Model) -> Explainer:
     """Split a tile classifier into feature map and head.
 
-    A pcam model (``pcam.models.create_model``) is a chain of layers around a
+    A pcam model (``pcam.models.registry.create_model``) is a chain of layers around a
     nested ``backbone``, whose own ``output`` belongs to its inner graph: the
     chain's layers are called again on a new input, with the backbone split
     at the registry's ``last_conv_layer``, whose output is the feature map.

@@ -10,7 +10,8 @@ A run lives in ``RUNS_DIR/RUN/``::
     fold_<k>/oof.csv            id, label, fold, probabilities: out-of-fold predictions
     fold_<k>/metrics.json       written last: its presence means "fold finished"
     cv.json                     per-fold AUC, mean ± std, OOF AUC
-    report/index.html           the evaluation report (pcam.evaluate), written last
+    report/index.html           the evaluation report: written after training by the
+                                command (pcam.report.evaluate.report_run), not here
 
 Started again with the same command, a run skips finished folds and phases
 and continues an unfinished phase from its last finished epoch
@@ -33,22 +34,22 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pcam import __version__, checkpoints, distribute, locks, metrics, places, runs, task
-from pcam.augment import on_model
+from pcam import __version__, locks, metrics, places, runs, task
+from pcam.data.augment import on_model
+from pcam.data.folds import assign_folds, check_folds, class_weights, load_or_assign, subset
+from pcam.data.pipeline import eval_dataset, train_dataset
+from pcam.data.sources import Source, read_source
+from pcam.data.store import Store, is_current, open_store, prepare
 from pcam.errors import PcamError
-from pcam.evaluate import evaluate
-from pcam.folds import assign_folds, check_folds, class_weights, load_or_assign, subset
-from pcam.inference import TTA_VIEWS, predict_batches, tta_predictor
 from pcam.io import atomic_write_text, read_csv_log, remove_stale_temporaries
-from pcam.models import (count_trainable_weights, create_model, default_image_size, get_backbone,
-                         set_backbone_trainable)
-from pcam.pipeline import eval_dataset, train_dataset
-from pcam.runs import ModelInfo, load_fold_model
-from pcam.settings import (DataSettings, EvaluateSettings, RunSettings, TrainSettings, from_json,
-                           to_dict, to_json)
-from pcam.preflight import check_crop, check_fold, check_run, small_data_warning
-from pcam.sources import Source, read_source
-from pcam.store import Store, is_current, open_store, prepare
+from pcam.models.registry import (count_trainable_weights, create_model, default_image_size,
+                                  get_backbone, set_backbone_trainable)
+from pcam.models.saved import load_fold_model
+from pcam.predict.tta import TTA_VIEWS, predict_batches, tta_predictor
+from pcam.runs import ModelInfo
+from pcam.settings import DataSettings, RunSettings, TrainSettings, from_json, to_dict, to_json
+from pcam.train import checkpoints, distribute
+from pcam.train.preflight import check_crop, check_fold, check_run, small_data_warning
 
 # Settings that may differ when a run is resumed: where things are, which
 # devices run it, whether it ends with a report. Anything else changes what is trained, so it needs a new run.
@@ -78,16 +79,18 @@ def phases(train: TrainSettings) -> list[Phase]:
 
 def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
            source: Source | None = None) -> dict | None:
-    """Train the folds of a run (all, or ``settings.fold``), then summarise and,
-    once every fold is finished, write the evaluation report (``RUN/report/``).
+    """Train the folds of a run (all, or ``settings.fold``), then summarise them.
+
+    Training writes the run and nothing else: the commands write its report
+    (``pcam.report.evaluate.report_run``) when this returns a summary.
 
     Args:
         settings: the run's settings.
         folds: the folds to use (id, label, fold), as a run's ``folds.csv``
             holds them, instead of assigning new ones: a comparison
-            (``pcam.compare``) hands every backbone's run the same folds. A
+            (``pcam.report.compare``) hands every backbone's run the same folds. A
             run started earlier keeps its own ``folds.csv``.
-        source: the source as ``pcam.preflight.check_run`` scanned and checked
+        source: the source as ``pcam.train.preflight.check_run`` scanned and checked
             it (the command does that before TensorFlow loads); None: scan it here.
 
     Returns:
@@ -144,16 +147,13 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
     if not chief:
         return None
     with _run_lock(run_dir):
-        summary = summarise(run_dir, k_all)
-        if summary is not None and settings.report:
-            evaluate(EvaluateSettings(run=str(run_dir)))
-    return summary
+        return summarise(run_dir, k_all)
 
 
 def resolve(settings: RunSettings, store: Store) -> RunSettings:
     """``settings`` with the dataset's facts as the store recorded them (classes,
     positive class, tile size) and the backbone's input size made explicit
-    (0: ``pcam.models.default_image_size``): what the run's config.json keeps, so that
+    (0: ``pcam.models.registry.default_image_size``): what the run's config.json keeps, so that
     every later step reads them from there."""
     # The store's folder is recorded as a full path: a later command, started
     # from another folder, finds the same store (the default is relative to the
@@ -429,7 +429,7 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
         EpochSeconds(fold_dir / f"history_{phase.name}.csv"),
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
-        # Written under a temporary name and renamed (pcam.checkpoints): a process
+        # Written under a temporary name and renamed (pcam.train.checkpoints): a process
         # killed mid-write never leaves a truncated best.keras.
         checkpoints.AtomicModelCheckpoint(fold_dir / "best.keras", monitor=task.MONITOR,
                                           mode="max", save_best_only=True,

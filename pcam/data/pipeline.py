@@ -30,10 +30,10 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from pcam.augment import compose, eval_ops, train_ops
+from pcam.data.augment import compose, eval_ops, train_ops
+from pcam.data.store import Store, check_shards
 from pcam.errors import PcamError
 from pcam.settings import AugmentSettings, InputSettings
-from pcam.store import Store, check_shards
 from pcam.task import encode_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -231,7 +231,7 @@ def _in_ram(store: Store, mode: str) -> bool:
 
 def _compiled(op):
     """``op`` as a graph function, fused by XLA where every op allows it (see
-    ``pcam.augment``: 45x faster for the dihedral op on a CPU)."""
+    ``pcam.data.augment``: 45x faster for the dihedral op on a CPU)."""
     return tf.function(op, jit_compile=op.xla)
 
 

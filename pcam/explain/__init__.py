@@ -1,0 +1,6 @@
+"""Explanations: Grad-CAM pages of images and heat maps of large images.
+
+May import everything below it: the ground modules, ``pcam.data``,
+``pcam.models`` (Grad-CAM itself), ``pcam.predict`` (tiles of large images,
+ensembles) and ``pcam.report`` (figures and pages).
+"""
