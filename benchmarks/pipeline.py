@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 from common import kaggle_layout, replicate_layout, table
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pcam.errors import PcamError
 from pcam.places import LATEST
+from pcam.runs import RunDir
 
 NOTE = "For research and teaching, not for diagnosis."
 ENSEMBLE = "all finished folds (ensemble)"
@@ -107,7 +108,7 @@ def find_runs(runs_dir: str | Path) -> list[str]:
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if (p / "config.json").is_file()
+    found = [p for p in root.iterdir() if RunDir(p).config.is_file()
              and any(p.glob("fold_*/metrics.json")) and p.name != LATEST]
     return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from pcam import places
 from pcam.errors import PcamError
-from pcam.io import atomic_write_text, read_csv_log
+from pcam.io import atomic_write_json, read_csv_log
 from pcam.settings import RunSettings, from_json
 
 PHASES = ("frozen", "finetune")  # training order; names of history_<phase>.csv
@@ -35,15 +35,83 @@ LEGACY_CLASSES = ("normal", "tumour")
 LEGACY_REGION = 32
 
 
+@dataclass(frozen=True)
+class FoldDir:
+    """One fold's folder of a run (``RUN/fold_<k>/``): the name of every file in it."""
+
+    path: Path
+
+    @property
+    def model(self) -> Path:
+        return self.path / "best.keras"  # the fold's best model by validation AUC
+
+    @property
+    def info(self) -> Path:
+        return info_path(self.model)
+
+    @property
+    def oof(self) -> Path:
+        return self.path / "oof.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"  # written last: its presence means "finished"
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics.is_file()
+
+    def history(self, phase: str) -> Path:
+        return self.path / f"history_{phase}.csv"
+
+    def done(self, phase: str) -> Path:
+        return self.path / f"{phase}.done"  # the phase finished: a resumed fold skips it
+
+    def backup(self, phase: str) -> Path:
+        return self.path / f"backup_{phase}"  # the phase's last epoch, to resume from
+
+    @property
+    def started(self) -> bool:
+        """Whether an epoch of it has finished (a best model or a logged row)."""
+        return (self.model.exists() or self.metrics.exists()
+                or any(len(read_csv_log(p)) for p in self.path.glob(self.history("*").name)))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's folder (``RUNS_DIR/RUN/``): the name of every file in it but its folds'."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def folds(self) -> Path:
+        return self.path / FOLDS
+
+    @property
+    def cv(self) -> Path:
+        return self.path / "cv.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
+
+    def fold(self, k: int) -> FoldDir:
+        return FoldDir(self.path / f"fold_{k}")
+
+
 def load_run(run: str | Path) -> tuple[Path, RunSettings]:
     """The run folder and the settings it was trained with (its config.json).
 
     ``latest`` (or ``RUNS_DIR/latest``) is the last run trained (``pcam.places``)."""
     run_dir = places.resolve_run(run)
-    config = run_dir / "config.json"
+    config = RunDir(run_dir).config
     if not config.is_file():
         hint = ""
-        if not run_dir.is_absolute() and (Path("runs") / run_dir / "config.json").is_file():
+        if not run_dir.is_absolute() and (Path("runs") / RunDir(run_dir).config).is_file():
             hint = f" (did you mean --run {Path('runs') / run_dir}?)"
         raise PcamError(f"{run_dir}: no run here (no config.json){hint}; pass --run with a "
                         f"folder that scripts/train.py wrote, such as runs/NAME")
@@ -60,7 +128,7 @@ def run_classes(config: RunSettings) -> tuple[str, ...]:
 
 def finished_folds(run_dir: Path, n_folds: int) -> list[int]:
     """Folds of the run whose training finished (``fold_<k>/metrics.json`` is written last)."""
-    return [k for k in range(n_folds) if (run_dir / f"fold_{k}" / "metrics.json").is_file()]
+    return [k for k in range(n_folds) if RunDir(run_dir).fold(k).metrics.is_file()]
 
 
 def resolve_folds(run_dir: Path, config: RunSettings, folds: Sequence[int] = ()) -> list[int]:
@@ -145,7 +213,7 @@ class ModelInfo:
         return self.centre_crop or self.tile_size
 
     def to_json(self, path: Path) -> None:
-        atomic_write_text(Path(path), json.dumps(asdict(self), indent=2) + "\n")
+        atomic_write_json(Path(path), asdict(self))
 
     @classmethod
     def from_json(cls, path: Path) -> ModelInfo:
@@ -200,7 +268,7 @@ def probabilities(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
 
 def read_oof(run_dir: Path, folds: Sequence[int]) -> pd.DataFrame:
     """The out-of-fold predictions of ``folds``, concatenated (id, label, fold, probabilities)."""
-    return pd.concat([pd.read_csv(Path(run_dir) / f"fold_{k}" / "oof.csv", dtype={"id": str})
+    return pd.concat([pd.read_csv(RunDir(Path(run_dir)).fold(k).oof, dtype={"id": str})
                       for k in folds], ignore_index=True)
 
 
@@ -208,7 +276,7 @@ def read_history(fold_dir: Path) -> pd.DataFrame:
     """The fold's phases' CSV logs, in training order, with a ``phase`` column."""
     logs = []
     for phase in PHASES:
-        path = Path(fold_dir) / f"history_{phase}.csv"
+        path = FoldDir(Path(fold_dir)).history(phase)
         if not path.is_file() or not path.stat().st_size:
             continue
         log = read_csv_log(path)  # survives a repeated header or a half line

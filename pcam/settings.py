@@ -231,9 +231,9 @@ def from_dict(cls, data: dict):
 
 def to_json(settings, path: Path) -> None:
     """Write settings as indented JSON, atomically."""
-    from pcam.io import atomic_write_text
+    from pcam.io import atomic_write_json
 
-    atomic_write_text(Path(path), json.dumps(to_dict(settings), indent=2) + "\n")
+    atomic_write_json(Path(path), to_dict(settings))
 
 
 def from_json(cls, path: Path):
@@ -341,21 +341,24 @@ class RunSettings:
                                "no colour jitter; from scratch, 30 epochs for the competition), "
                                "or auto (gpu when a GPU or TPU is found, else cpu); options "
                                "given on the command line always win",
-                       choices=("auto", "gpu", "cpu"))
+                       choices=("auto", "gpu", "cpu"), resumable=True)
     run: str = _opt("", "run name: results go to RUNS_DIR/RUN (default: the data folder's "
                         "name and a hash of the settings, so the same command again resumes "
-                        "the same run; RUNS_DIR/latest names the last run)")
-    runs_dir: str = _opt("runs", "folder that holds the runs")
-    fold: int = _opt(-1, "train only this fold (to spread folds over machines; -1: all)")
+                        "the same run; RUNS_DIR/latest names the last run)", resumable=True)
+    runs_dir: str = _opt("runs", "folder that holds the runs", resumable=True)
+    fold: int = _opt(-1, "train only this fold (to spread folds over machines; -1: all)",
+                     resumable=True)
     report: bool = _opt(True, "write the evaluation report (RUN/report/index.html, see "
-                              "scripts/evaluate.py) when the last fold finishes")
-    data: DataSettings = field(default_factory=DataSettings)
+                              "scripts/evaluate.py) when the last fold finishes", resumable=True)
+    # Where the data is, and the devices, may change when a run resumes (a moved
+    # folder, another machine); every other section is what is trained.
+    data: DataSettings = field(default_factory=DataSettings, metadata={"resumable": True})
     folds: FoldSettings = field(default_factory=FoldSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     inputs: InputSettings = field(default_factory=InputSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
-    device: DeviceSettings = field(default_factory=DeviceSettings)
+    device: DeviceSettings = field(default_factory=DeviceSettings, metadata={"resumable": True})
 
     def __post_init__(self):
         _check(self, fold=_at_least(-1))
@@ -529,3 +532,19 @@ class CompareSettings:
     @property
     def compare_dir(self) -> Path:
         return Path(self.training.runs_dir) / self.name
+
+
+def changed_on_resume(now: RunSettings, then: dict) -> list[str]:
+    """The settings (``section.key``) in which ``now`` differs from a started
+    run's saved ``then`` in what is trained: every field but those declared
+    ``resumable`` (the run's name and place, its data's place, devices).
+
+    A setting missing from ``then`` is newer than the run (e.g.
+    ``train.oof_tta``) and is not compared: no value given now could match
+    it, and refusing would strand every run started by an older pcam.
+    """
+    may_change = {f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("resumable")}
+    now = to_dict(now)
+    return [f"{section}.{key}" for section in now if section not in may_change
+            for key in now[section] if key in then.get(section, {})
+            and now[section][key] != then[section][key]]

@@ -19,7 +19,7 @@ from conftest import PCAM_REAL, REPO
 
 from pcam.data.images import decode_image
 from pcam.errors import PcamError
-from pcam.models import registry
+from pcam.models import freeze, registry
 from pcam.models.coatnet import coatnet, relative_position_index
 from pcam.models.gradcam import explainer, gradcam
 from pcam.settings import ModelSettings, RunSettings
@@ -73,7 +73,7 @@ def test_narrow_coatnet_shapes_and_blocks(narrow):
     backbone = coatnet(input_shape=(64, 64, 3), **NARROW_SHAPE)
     out = backbone(np.zeros((2, 64, 64, 3), np.float32))
     assert out.shape == (2, 2, 2, 32)  # 64 / 32
-    blocks = registry.backbone_blocks(backbone)
+    blocks = freeze.backbone_blocks(backbone)
     assert [b[0].name for b in blocks] == ["stem_conv1", "block1a_preact_bn",
                                            "block2a_preact_bn", "block3a_attn_norm",
                                            "block4a_attn_norm"]
@@ -93,7 +93,7 @@ def test_coatnet0_size_and_parameters():
     assert at[224].count_params() == 23_485_068
     with_head = at[224].count_params() + 768 * 1000 + 1000
     assert abs(with_head - 25e6) / 25e6 < 0.05
-    assert len(registry.backbone_blocks(at[96])) == 13  # stem + 2 + 3 + 5 + 2
+    assert len(freeze.backbone_blocks(at[96])) == 13  # stem + 2 + 3 + 5 + 2
 
 
 def test_a_size_the_stages_cannot_halve_is_refused():

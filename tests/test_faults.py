@@ -150,7 +150,7 @@ def test_unreadable_backup_is_set_aside_and_the_phase_restarts(layout_cache, tmp
 
 
 def test_unreadable_best_model_is_one_line_naming_it(layout_cache, tmp_path):
-    from test_training import tiny  # noqa: I001 -- the tiny run's settings
+    from test_training import tiny
 
     from pcam.train.training import run_cv
 

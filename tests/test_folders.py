@@ -204,16 +204,14 @@ def _damage(case: str, root: Path) -> list:
         Image.fromarray(rgba, "RGBA").save(mal / "0.png")
     elif case == "mixed sizes":  # the GPU recipe has no size cap (the CPU recipe's resizes)
         Image.fromarray(np.zeros((50, 30, 3), np.uint8)).save(mal / "0.png")
-        return ["--recipe", "gpu"]
-    elif case == "missing class":
-        return ["--classes", "benign,atypical"]
-    elif case == "positive not a class":
-        return ["--positive", "tumour"]
-    elif case == "pattern matches nothing":
-        return ["--group-pattern", r"patient-(\d+)"]
-    elif case == "crop larger than the tiles":
-        return ["--centre-crop", 64]
-    return []
+    return OPTIONS.get(case, [])
+
+
+# The options of the cases that are a mistake on the command line.
+OPTIONS = {"mixed sizes": ["--recipe", "gpu"], "missing class": ["--classes", "benign,atypical"],
+           "positive not a class": ["--positive", "tumour"],
+           "pattern matches nothing": ["--group-pattern", r"patient-(\d+)"],
+           "crop larger than the tiles": ["--centre-crop", 64]}
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -8,7 +8,7 @@ from conftest import BOTTOM_LEFT, TOP_RIGHT, inside, mark
 
 from pcam.errors import PcamError
 from pcam.metrics import auc
-from pcam.models import registry
+from pcam.models import freeze, registry
 from pcam.models.gradcam import explainer, gradcam
 
 
@@ -52,7 +52,7 @@ def small_models():
             for name, spec in registry.BACKBONES.items()}
 
 
-# The blocks of --unfreeze per backbone (registry.backbone_blocks), stem included.
+# The blocks of --unfreeze per backbone (freeze.backbone_blocks), stem included.
 BLOCKS = {"resnet50": 17, "resnet50v2": 17, "densenet121": 59, "efficientnetv2b0": 22,
           "efficientnetv2s": 41, "convnext-tiny": 19, "simple-cnn": 4, "coatnet-0": 13}
 
@@ -61,7 +61,7 @@ BLOCKS = {"resnet50": 17, "resnet50v2": 17, "densenet121": 59, "efficientnetv2b0
 def test_every_backbone_explains_with_its_last_conv_layer(small_models, name):
     model = small_models[name]
     if name in BLOCKS:  # here because this test builds every backbone once
-        assert len(registry.backbone_blocks(model.get_layer("backbone"))) == BLOCKS[name]
+        assert len(freeze.backbone_blocks(model.get_layer("backbone"))) == BLOCKS[name]
     tiles = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3)).astype(np.uint8)
     explain = explainer(model)
     assert explain.layer == registry.BACKBONES[name].last_conv_layer

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pcam.errors import PcamError
-from pcam.models import registry
+from pcam.models import freeze, registry
 
 TILE = 96  # the PCam tile size these tests feed
 SMALL = 32  # image size for the ImageNet backbones in tests
@@ -66,7 +66,7 @@ def test_cpu_cnn_is_simple_cnn_with_a_second_convolution_per_stage():
     deep = registry.create_model("cpu-cnn", weights="none")
     assert simple.get_layer("backbone").output.shape[1:] == (12, 12, 256)
     assert deep.get_layer("backbone").output.shape[1:] == (6, 6, 256)  # 96 px / 16
-    assert len(registry.backbone_blocks(deep.get_layer("backbone"))) == 7
+    assert len(freeze.backbone_blocks(deep.get_layer("backbone"))) == 7
     assert (simple.count_params(), deep.count_params()) == (456_929, 1_232_865)
 
 
@@ -146,15 +146,15 @@ def test_set_backbone_trainable_counts_and_keeps_batchnorm_frozen(resnet):
         (17, head + _params(convs)),  # stem + 16 residual blocks = all
     ]
     for trainable, count in expected:
-        registry.set_backbone_trainable(resnet, trainable)
-        assert registry.count_trainable_weights(resnet) == count, trainable
+        freeze.set_backbone_trainable(resnet, trainable)
+        assert freeze.count_trainable_weights(resnet) == count, trainable
         assert not any(bn.trainable for bn in batchnorms)
         assert resnet.get_layer("head_bn").trainable
-    assert len(registry.backbone_blocks(backbone)) == 17
+    assert len(freeze.backbone_blocks(backbone)) == 17
 
     with pytest.raises(PcamError, match="17 blocks"):
-        registry.set_backbone_trainable(resnet, 18)
-    registry.set_backbone_trainable(resnet, False)
+        freeze.set_backbone_trainable(resnet, 18)
+    freeze.set_backbone_trainable(resnet, False)
 
 
 def _fit_one_step(model, tiles, labels):
@@ -167,7 +167,7 @@ def test_fine_tuning_leaves_batchnorm_statistics_alone():
     backbone = model.get_layer("backbone")
     tiles, labels = _tiles(8, seed=2), np.array([0, 1] * 4, np.float32)
 
-    registry.set_backbone_trainable(model, True)
+    freeze.set_backbone_trainable(model, True)
     bn_before = [w.numpy().copy() for w in backbone.get_layer("block1_bn").weights]
     conv_before = backbone.get_layer("block1_conv").kernel.numpy().copy()
     _fit_one_step(model, tiles, labels)
@@ -176,7 +176,7 @@ def test_fine_tuning_leaves_batchnorm_statistics_alone():
     assert not np.array_equal(conv_before, backbone.get_layer("block1_conv").kernel.numpy())
 
     # From random weights BatchNorm must learn: freeze_batchnorm=False lets it.
-    registry.set_backbone_trainable(model, True, freeze_batchnorm=False)
+    freeze.set_backbone_trainable(model, True, freeze_batchnorm=False)
     mean_before = backbone.get_layer("block1_bn").moving_mean.numpy().copy()
     _fit_one_step(model, tiles, labels)
     assert not np.array_equal(mean_before, backbone.get_layer("block1_bn").moving_mean.numpy())

@@ -1,4 +1,4 @@
-"""Show where a model finds tumour in a tile: Grad-CAM pictures of tiles by id or by file.
+"""Show where a model finds its evidence in an image: Grad-CAM pictures of tiles by id or file.
 
     python scripts/explain.py --run runs/NAME --ids ID [ID ...]          # tiles of the stores
     python scripts/explain.py --run runs/NAME --fold 2 --images a.tif b.png
@@ -6,9 +6,11 @@
     python scripts/explain.py --run runs/NAME --ids ID --target predicted
 
 For each tile, one PNG: the tile | its Grad-CAM heat map | the map over the
-tile, titled with the probability of tumour (and the label, for train
-tiles). Grad-CAM weighs the last convolution's feature map (the backbone
-registry's last_conv_layer) by the gradient of the tumour logit; the map is
+tile, titled with the predicted class and its probability (and the label,
+for train tiles). Grad-CAM weighs the last convolution's feature map (the
+backbone registry's last_conv_layer) by the gradient of the target class's
+logit (--target; by default the positive class of a two-class model, the
+predicted class of a K-class one); the map is
 scaled to each tile's strongest evidence. Also explanations.csv (probability
 and the heat map's peak per tile) and index.html with every picture.
 Written to RUN/explain/fold_K/ (or explain/ beside --model; see --out).

@@ -36,7 +36,7 @@ from pcam.data import images
 from pcam.data.competition import Split
 from pcam.data.sources import Source, read_source
 from pcam.errors import SHOW, PcamError
-from pcam.io import atomic_write_text, remove_stale_temporaries
+from pcam.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from pcam.settings import DataSettings
 
 # 2: the dataset's facts (classes, tile size, label region) in the manifest.
@@ -503,7 +503,7 @@ def _finish(split, source, out, chunks, names, fp, bad, say) -> Store:
         "bad_tiles": len(bad),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(out / "manifest.json", manifest)
     say(f"{split.name} store ready: {out} ({len(index):,} tiles in {len(names)} shard(s)"
         + (f", {len(bad)} bad tile(s) left out, listed in {out / 'bad_tiles.csv'}" if bad else "")
         + ")")

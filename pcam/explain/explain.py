@@ -20,6 +20,7 @@ import pandas as pd
 from pcam.errors import SHOW, PcamError, listed
 from pcam.io import atomic_write_text, cannot_write
 from pcam.report import figures, page
+from pcam.runs import RunDir
 from pcam.settings import DataSettings, ExplainSettings, RunSettings
 
 
@@ -115,7 +116,7 @@ def choose_model(settings: ExplainSettings) -> Chosen:
                         f"{', '.join(map(str, done))}): choose one of those with --fold")
     k = done[0] if settings.fold == -1 else settings.fold
     out = Path(settings.out or run_dir / "explain" / f"fold_{k}")
-    return Chosen(run_dir / f"fold_{k}" / "best.keras", config, out,
+    return Chosen(RunDir(run_dir).fold(k).model, config, out,
                   f"fold {k} of run {run_dir.resolve().name} ({config.model.backbone})")
 
 

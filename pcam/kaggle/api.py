@@ -94,7 +94,14 @@ def find_credentials() -> Credentials:
         PcamError: nothing usable was found (the message lists the ways to
             provide credentials), or kaggle.json is not valid JSON.
     """
-    env = os.environ
+    found = _api_token(os.environ) or _api_key(os.environ)
+    if found:
+        return found
+    raise PcamError(f"no Kaggle credentials found: {WAYS}")
+
+
+def _api_token(env) -> Credentials | None:
+    """The notebook's token, ``KAGGLE_API_TOKEN``, or ``~/.kaggle/access_token``."""
     # In a Kaggle notebook, the client uses the token file the notebook provides.
     notebook_token = env.get("KAGGLE_API_V1_TOKEN", "")
     if (env.get("KAGGLE_KERNEL_RUN_TYPE") and env.get("KAGGLE_DATA_PROXY_URL") and notebook_token
@@ -114,21 +121,13 @@ def find_credentials() -> Credentials:
         path = Path.home() / ".kaggle" / name
         if path.is_file() and path.read_text().strip():
             return Credentials("API token", str(path), config_dir())
+    return None
 
+
+def _api_key(env) -> Credentials | None:
+    """The legacy key (kaggle.json, ``KAGGLE_USERNAME``/``KAGGLE_KEY``), or an OAuth login."""
     folder = config_dir()
-    kaggle_json = folder / "kaggle.json"
-    values, sources = {}, []
-    if kaggle_json.is_file():
-        _warn_if_readable(kaggle_json)
-        try:
-            values = json.loads(kaggle_json.read_text() or "{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise PcamError(f"{kaggle_json} is not valid JSON: it should read "
-                            '{"username": "...", "key": "..."}') from None
-        if not isinstance(values, dict):
-            values = {}
-        if values.get("username") or values.get("key"):
-            sources.append(str(kaggle_json))
+    values, sources = _kaggle_json(folder / "kaggle.json")
     overrides = {k: env[f"KAGGLE_{k.upper()}"] for k in ("username", "key")
                  if env.get(f"KAGGLE_{k.upper()}")}
     if overrides:
@@ -136,14 +135,28 @@ def find_credentials() -> Credentials:
         sources.append("/".join(f"KAGGLE_{k.upper()}" for k in overrides))
     if values.get("username") and values.get("key"):
         return Credentials("API key", " + ".join(sources), folder)
-
     oauth = Path.home() / ".kaggle" / "credentials.json"
     if oauth.is_file():
         return Credentials("OAuth login", str(oauth), folder)
     if sources:
         missing = "key" if values.get("username") else "username"
         raise PcamError(f"{' + '.join(sources)} gives no {missing}: {WAYS}")
-    raise PcamError(f"no Kaggle credentials found: {WAYS}")
+    return None
+
+
+def _kaggle_json(kaggle_json: Path) -> tuple[dict, list[str]]:
+    """kaggle.json's values and, when it holds any, its path as their source."""
+    if not kaggle_json.is_file():
+        return {}, []
+    _warn_if_readable(kaggle_json)
+    try:
+        values = json.loads(kaggle_json.read_text() or "{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PcamError(f"{kaggle_json} is not valid JSON: it should read "
+                        '{"username": "...", "key": "..."}') from None
+    if not isinstance(values, dict):
+        return {}, []
+    return values, [str(kaggle_json)] if values.get("username") or values.get("key") else []
 
 
 def _warn_if_readable(path: Path) -> None:
@@ -289,18 +302,7 @@ def download(competition: str = comp.NAME, data_dir: str | Path = "data", *, for
         print(f"{dest}: data already in place ({len(train.ids):,} train, {len(test.ids):,} test tiles)",
               flush=True)
     else:
-        creds = find_credentials()
-        api = connect(creds, competition)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with kaggle_errors(competition, creds, f"downloading {zip_path}", partial=zip_path):
-            try:
-                api.competition_download_files(competition, path=str(data_dir), force=force, quiet=False)
-            except ValueError as err:  # the client's check that the size matches Content-Length
-                raise PcamError(f"the download of {zip_path} ended short ({err}): run the same "
-                                f"command again to resume it") from None
-        if not zip_path.is_file():
-            raise PcamError(f"Kaggle sent no zip for '{competition}' (expected {zip_path}); download "
-                            f"it by hand from https://www.kaggle.com/competitions/{competition}/data")
+        _download_zip(competition, zip_path, force)
         n_train, n_test = extract(zip_path, dest, expected=expected)
         if not keep_zip:
             zip_path.unlink()
@@ -311,6 +313,23 @@ def download(competition: str = comp.NAME, data_dir: str | Path = "data", *, for
 
         prepare(settings)
     return dest
+
+
+def _download_zip(competition: str, zip_path: Path, force: bool) -> None:
+    """The competition's zip, through the kaggle client (which resumes a partial file)."""
+    creds = find_credentials()
+    api = connect(creds, competition)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with kaggle_errors(competition, creds, f"downloading {zip_path}", partial=zip_path):
+        try:
+            api.competition_download_files(competition, path=str(zip_path.parent), force=force,
+                                           quiet=False)
+        except ValueError as err:  # the client's check that the size matches Content-Length
+            raise PcamError(f"the download of {zip_path} ended short ({err}): run the same "
+                            f"command again to resume it") from None
+    if not zip_path.is_file():
+        raise PcamError(f"Kaggle sent no zip for '{competition}' (expected {zip_path}); download "
+                        f"it by hand from https://www.kaggle.com/competitions/{competition}/data")
 
 
 def _store_current(settings: DataSettings, splits) -> bool:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shlex
 import time
@@ -20,7 +19,7 @@ import pandas as pd
 from pcam import metrics
 from pcam.data import competition as comp
 from pcam.errors import PcamError, listed
-from pcam.io import atomic_path, atomic_write_text, cannot_write
+from pcam.io import atomic_path, atomic_write_json, cannot_write, check_writable
 from pcam.predict.ensemble import (data_settings, ensemble_line, ensemble_name, images_per_call,
                                    iso_time, load_members, model_files, predict_test_sets,
                                    runs_record)
@@ -83,11 +82,19 @@ def validate_submission(submission: str | Path | pd.DataFrame, sample_submission
                 header = fh.readline().rstrip("\r\n")
         raise PcamError(f"{shown}: header is '{header}', expected exactly 'id,label'")
     sample = read_sample_submission(Path(sample_submission))
-    sample_name = Path(sample_submission).name
     ids = table["id"].astype(str)
     row = pd.Series(np.arange(len(table)) + 2, index=table.index)  # CSV line, after the header
-    problems = []
+    problems = _id_problems(ids, row, sample, Path(sample_submission).name)
+    labels, label_problems = _labels(table, ids, row)
+    problems += label_problems
+    if problems:
+        raise PcamError(f"{shown} is not a valid submission: " + "; ".join(problems))
+    return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
 
+
+def _id_problems(ids: pd.Series, row: pd.Series, sample: pd.DataFrame, sample_name: str) -> list:
+    """Duplicate, missing and unknown ids, and a row count that is not the sample's."""
+    problems = []
     dup = ids[ids.duplicated(keep=False)]
     if len(dup):
         lines = dup.groupby(dup, sort=False).apply(
@@ -100,9 +107,13 @@ def validate_submission(submission: str | Path | pd.DataFrame, sample_submission
         problems.append(f"{len(missing)} id(s) of {sample_name} are missing: {listed(missing)}")
     if extra:
         problems.append(f"{len(extra)} id(s) are not in {sample_name}: {listed(extra)}")
-    if len(table) != len(sample):
-        problems.append(f"{len(table):,} rows, {sample_name} has {len(sample):,}")
+    if len(ids) != len(sample):
+        problems.append(f"{len(ids):,} rows, {sample_name} has {len(sample):,}")
+    return problems
 
+
+def _labels(table: pd.DataFrame, ids: pd.Series, row: pd.Series) -> tuple[pd.Series, list]:
+    """The labels as float64, and those that are not finite probabilities in [0, 1]."""
     raw = table["label"]
     labels = pd.to_numeric(raw, errors="coerce").astype(np.float64)
     text = raw.astype(str).str.strip()
@@ -110,14 +121,13 @@ def validate_submission(submission: str | Path | pd.DataFrame, sample_submission
     word = labels.isna() & ~nan
     inf = np.isinf(labels)
     outside = labels.notna() & ~inf & ((labels < 0) | (labels > 1))
+    problems = []
     for mask, what in ((nan, "are NaN or empty"), (word, "are not numbers"),
                        (inf, "are infinite"), (outside, "are outside [0, 1]")):
         if mask.any():
             where = [f"row {row[i]} ({ids[i]}: '{text[i]}')" for i in table.index[mask]]
             problems.append(f"{int(mask.sum())} label(s) {what}: {listed(where)}")
-    if problems:
-        raise PcamError(f"{shown} is not a valid submission: " + "; ".join(problems))
-    return pd.DataFrame({"id": ids.to_numpy(), "label": labels.to_numpy()})
+    return labels, problems
 
 
 def write_submission(frame: pd.DataFrame, out: Path, sample_submission: Path,
@@ -138,7 +148,7 @@ def write_submission(frame: pd.DataFrame, out: Path, sample_submission: Path,
             frame.to_csv(tmp, index=False, float_format="%.9g")
             validate_submission(tmp, sample_submission, name=str(out))
         if record is not None:
-            atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+            atomic_write_json(out.with_suffix(".json"), record)
     except OSError as err:
         raise cannot_write(out, err) from None
     return frame
@@ -181,10 +191,7 @@ def predict_submission(settings: PredictSettings) -> dict:
     data = data_settings(members[0].config, settings)
     out = Path(settings.out or Path("submissions") / f"{ensemble_name(members)}.csv")
     answers = read_answers(Path(settings.answers)) if settings.answers else None  # fail fast
-    try:  # fail fast, too: before minutes of prediction, not after
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise cannot_write(out, err) from None
+    check_writable(out)  # fail fast, too: before minutes of prediction, not after
     if len(members) == 1:  # the resolved settings, as one run's record always had them
         settings = dataclasses.replace(settings, folds=members[0].folds,
                                        batch_size=images_per_call(settings, members[0]),
@@ -220,18 +227,22 @@ def predict_submission(settings: PredictSettings) -> dict:
                             f"listed in {path / 'bad_tiles.csv'}: a submission needs "
                             f"every test tile)") from None
         raise
-    print(f"submission: {out} ({len(frame):,} rows, checked against {sample})", flush=True)
+    _say_written(out, len(frame), sample, scored, settings.answers)
+    return record
+
+
+def _say_written(out: Path, rows: int, sample: Path, scored, answers: str) -> None:
+    print(f"submission: {out} ({rows:,} rows, checked against {sample})", flush=True)
     print(f"settings:   {out.with_suffix('.json')}", flush=True)
     if scored is not None:
         auc, n = scored
-        print(f"AUC on {settings.answers}: {auc:.4f} ({n:,} of {len(frame):,} tiles)", flush=True)
-    if len(frame) == comp.N_TEST:
+        print(f"AUC on {answers}: {auc:.4f} ({n:,} of {rows:,} tiles)", flush=True)
+    if rows == comp.N_TEST:
         print(f"submit it: python scripts/submit.py {shlex.quote(str(out))} -m \"...\"",
               flush=True)
     else:  # a sample (the demo's) or a test set of one's own: Kaggle would refuse it
-        print(f"not the competition's test set ({len(frame):,} of {comp.N_TEST:,} tiles): "
+        print(f"not the competition's test set ({rows:,} of {comp.N_TEST:,} tiles): "
               "nothing to submit to Kaggle", flush=True)
-    return record
 
 
 def _json_float(value: float):

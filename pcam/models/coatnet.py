@@ -32,7 +32,7 @@ the backbone at ``image_size``). The five halvings need a side divisible by 32.
 
 Layers are named ``stem_*``, ``blockSB_*`` (S the stage 1-4, B a letter per
 block: ``block1a_``, ``block3e_``), ``top_norm``, as in Keras' EfficientNets,
-so that ``pcam.models.registry.backbone_blocks`` groups them per block (stem + 12).
+so that ``pcam.models.freeze.backbone_blocks`` groups them per block (stem + 12).
 
 A narrow CoAtNet for tests: ``coatnet(input_shape=(32, 32, 3), blocks=(1, 1, 1,
 1, 1), channels=(8, 8, 16, 16, 32))`` (head dimension 32 on 16 channels gives

@@ -23,143 +23,30 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import keras
-import numpy as np
 
 from pcam.errors import PcamError
+from pcam.models.cnn import (BN_MOMENTUM, SIMPLE_CNN_SIZE, ChannelStandardize, cpu_cnn,
+                             scale_to_unit, simple_cnn)
 from pcam.models.coatnet import COATNET0_BLOCKS, COATNET0_CHANNELS, SIZE_MULTIPLE, coatnet
 from pcam.task import output_units
 
 DEFAULT_BACKBONE = "resnet50"
+
+
 # Backbones trained on PCam that ship inside the package (``--weights pcam``):
 # cpu-cnn trained by the CPU recipe on 18,000 real PCam tiles (CC0), made by
 # tools/make_pcam_backbone.py, whose record sits beside the file.
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = {"cpu-cnn": WEIGHTS_DIR / "cpu-cnn-pcam.weights.h5"}
-# simple-cnn's design size: 3 stride-2 convolutions take 96 px to a 12x12 map
-# whose cells each see ~31 px. Any size works; this is its registry native size.
-SIMPLE_CNN_SIZE = 96
-
-
-@keras.saving.register_keras_serializable(package="pcam")
-class ChannelStandardize(keras.layers.Layer):
-    """``(x - mean) / std`` per channel, optionally after RGB -> BGR.
-
-    One layer covers the preprocessing modes of ``keras.applications``:
-    "caffe" (BGR, minus the ImageNet mean), "tf" (to -1..1) and "torch" (to
-    0..1, then the ImageNet mean and std). It is a layer with ``get_config``,
-    not a ``Lambda``, because Lambda layers do not load from ``.keras`` files
-    without ``safe_mode=False``.
-
-    Args:
-        mean: three per-channel means, in the output channel order.
-        std: three per-channel divisors, in the output channel order.
-        bgr: reverse the channel order (RGB -> BGR) before standardizing.
-    """
-
-    def __init__(self, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), bgr=False, **kwargs):
-        super().__init__(**kwargs)
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) for s in std]
-        self.bgr = bool(bgr)
-
-    def call(self, images):
-        x = keras.ops.cast(images, self.compute_dtype)
-        if self.bgr:
-            x = keras.ops.flip(x, axis=-1)
-        mean = keras.ops.convert_to_tensor(self.mean, self.compute_dtype)
-        std = keras.ops.convert_to_tensor(self.std, self.compute_dtype)
-        return (x - mean) / std
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "std": self.std, "bgr": self.bgr}
-
-
-def scale_to_unit(images):
-    """``simple-cnn``'s preprocessing: 0..255 -> 0..1."""
-    return np.asarray(images, np.float32) / 255.0
-
-
-# Moving statistics of the BatchNorm layers we create (simple-cnn, the head).
-# Keras' 0.99 forgets its initial mean 0 / variance 1 only after ~460 steps
-# (0.99**460 = 1%); a short run (the demo: 6 epochs of 9 steps) then
-# validates with those initial statistics and predicts one class. 0.9 gets
-# there in 44 steps and is what long runs barely notice.
-BN_MOMENTUM = 0.9
-
-
-def simple_cnn(include_top=False, weights=None, input_shape=(SIMPLE_CNN_SIZE, SIMPLE_CNN_SIZE, 3)):
-    """A compact CNN for CPUs: 4 blocks of 3x3 conv -> BatchNorm -> ReLU, 32 to 256 filters.
-
-    The first three convolutions have stride 2 (96 -> 48 -> 24 -> 12), the
-    fourth stride 1, so the output is a (S/8, S/8, 256) feature map (12x12
-    for 96x96 tiles) in which each position sees 31x31 pixels, about PCam's
-    32x32 label region. Strided convolutions instead of conv + 2x2 max-pool
-    because on this project's 2-core CPU a training step then costs 8.4 ms of
-    CPU per tile instead of 31.8 ms (BatchNorm and pooling on the full
-    96x96x32 map dominate). Trained on the 20,000 real PCam train tiles
-    (random flips and rotations, Adam 2e-3 with cosine decay, batch 128) it
-    reached AUC 0.887 on the 3,000 valid tiles after 4 epochs and 0.897 after
-    8 (BatchNorm momentum then 0.99), at about 150 s per epoch; a
-    7-convolution variant at 1.8x the cost did no better (0.839 against 0.854
-    after 3 epochs). 389,856 parameters (456,929 with the default head). Its
-    input is 0..1 (``scale_to_unit``); same signature as the
-    ``keras.applications`` constructors.
-
-    Args:
-        include_top: must be False (the head is added by ``create_model``).
-        weights: must be None: there are no pretrained weights.
-        input_shape: (S, S, 3), S at least 8.
-    """
-    return _plain_cnn(SIMPLE_CNN_BLOCKS, "simple_cnn", include_top, weights, input_shape)
-
-
-def cpu_cnn(include_top=False, weights=None, input_shape=(SIMPLE_CNN_SIZE, SIMPLE_CNN_SIZE, 3)):
-    """The CPU recipe's CNN: ``simple-cnn`` made deeper, 7 blocks of 3x3 conv -> BN -> ReLU.
-
-    Pairs of convolutions at 24x24 (64 filters), 12x12 (128) and, new, 6x6
-    (256) for 96 px tiles: each downsampling convolution (stride 2) is
-    followed by one at stride 1, as in VGG's stages, so the output is a
-    (S/16, S/16, 256) map whose cells each see ~100 px, the whole tile and
-    its context. 1,232,865 parameters with the default head (2.7x
-    simple-cnn's), 1.7x its training step on this CPU (3.3 against 1.9 ms
-    per tile at batch 128), where a simple-cnn epoch of the 18,000 real PCam
-    train tiles takes ~36 s: the 45-minute CPU budget pays for ~30 epochs of
-    it. No extra convolution at 48x48: its BatchNorm and ReLU on a 48x48x32
-    map cost as much as a convolution at 6x6 and see only 7 px more.
-
-    Args:
-        include_top: must be False (the head is added by ``create_model``).
-        weights: must be None: there are no pretrained weights.
-        input_shape: (S, S, 3), S at least 16.
-    """
-    return _plain_cnn(CPU_CNN_BLOCKS, "cpu_cnn", include_top, weights, input_shape)
-
-
-# (filters, stride) of each block of the two plain CNNs
-SIMPLE_CNN_BLOCKS = ((32, 2), (64, 2), (128, 2), (256, 1))
-CPU_CNN_BLOCKS = ((32, 2), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1))
-
-
-def _plain_cnn(blocks, name, include_top, weights, input_shape) -> keras.Model:
-    """Blocks of 3x3 conv (no bias) -> BatchNorm -> ReLU, named ``block{i}_*``."""
-    if include_top or weights is not None:
-        raise ValueError(f"{name.replace('_', '-')} has no top and no pretrained weights")
-    inputs = keras.Input(input_shape)
-    x = inputs
-    for i, (filters, strides) in enumerate(blocks, start=1):
-        x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                                name=f"block{i}_conv")(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
-    return keras.Model(inputs, x, name=name)
 
 
 # ImageNet statistics as keras.applications' "caffe" and "torch" modes use them.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
 TORCH_MEAN = tuple(255.0 * m for m in (0.485, 0.456, 0.406))
+
+
 TORCH_STD = tuple(255.0 * s for s in (0.229, 0.224, 0.225))
 
 
@@ -292,6 +179,8 @@ for _backbone in (
     coatnet_backbone("coatnet-0"),
 ):
     register_backbone(_backbone)
+
+
 # What pcam itself registers (tests and users may add more).
 BUILT_IN = tuple(BACKBONES)
 
@@ -332,7 +221,7 @@ def default_image_size(name: str, tile_size: int, weights: str | Path | None) ->
     return max(tile_size, min(2 * tile_size, spec.native_size))
 
 
-def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_size: int = 96,
+def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_size: int = 0,
                  tile_size: int | None = None, weights: str | Path | None = "imagenet",
                  dense_units: int = 256, dropout: float = 0.5,
                  augment: Sequence[keras.layers.Layer] = ()) -> keras.Model:
@@ -344,7 +233,8 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
             (so PCam models and their files stay as they were); K > 2 gives
             a softmax over K units.
         image_size: side the backbone sees; tiles are resized inside the model
-            when it differs from ``tile_size`` (top PCam solutions used 224).
+            when it differs from ``tile_size`` (top PCam solutions used 224);
+            0: the backbone's own (``Backbone.native_size``).
         tile_size: side of the tiles the model is fed (the store's tile size,
             or the centre crop when the pipeline crops); None: ``image_size``.
         weights: "imagenet", "none" (or None) for random initialization, the
@@ -364,9 +254,8 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
     Returns:
         A ``keras.Model`` (uncompiled) with input (tile_size, tile_size, 3)
         float32 (uint8 is cast on entry) and output (batch, 1) or (batch, K)
-        float32. The
-        backbone is the sub-model ``model.get_layer("backbone")``, trainable;
-        see ``set_backbone_trainable``.
+        float32. The backbone is the sub-model ``model.get_layer("backbone")``,
+        trainable (``pcam.models.freeze``).
 
     Raises:
         PcamError: unknown name, image size too small for the backbone or
@@ -374,17 +263,11 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
             model of another backbone, or ImageNet weights that cannot be fetched.
     """
     spec = get_backbone(name)
+    image_size = image_size or spec.native_size
     tile_size = tile_size or image_size
     if num_classes < 2:
         raise PcamError(f"a classifier needs at least 2 classes, got {num_classes}")
-    if image_size < spec.min_size:
-        raise PcamError(f"image size {image_size} is too small for {name} "
-                        f"(at least {spec.min_size})")
-    if image_size % spec.size_multiple:
-        below = image_size // spec.size_multiple * spec.size_multiple
-        raise PcamError(f"image size {image_size} does not suit {name}: it must be a multiple "
-                        f"of {spec.size_multiple} (e.g. {max(below, spec.min_size)} or "
-                        f"{below + spec.size_multiple}); set --image-size")
+    _check_image_size(spec, image_size)
     backbone = _build_backbone(spec, image_size, weights)
 
     inputs = keras.Input((tile_size, tile_size, 3), dtype="float32", name="tile")
@@ -396,16 +279,30 @@ def create_model(name: str = DEFAULT_BACKBONE, *, num_classes: int = 2, image_si
     preprocessing = spec.preprocessing()
     if preprocessing is not None:
         x = preprocessing(x)
-    x = backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    outputs = _head(backbone(x), output_units(num_classes), dense_units, dropout)
+    return keras.Model(inputs, outputs, name=model_name(name))
+
+
+def _check_image_size(spec: Backbone, image_size: int) -> None:
+    if image_size < spec.min_size:
+        raise PcamError(f"image size {image_size} is too small for {spec.name} "
+                        f"(at least {spec.min_size})")
+    if image_size % spec.size_multiple:
+        below = image_size // spec.size_multiple * spec.size_multiple
+        raise PcamError(f"image size {image_size} does not suit {spec.name}: it must be a "
+                        f"multiple of {spec.size_multiple} (e.g. {max(below, spec.min_size)} "
+                        f"or {below + spec.size_multiple}); set --image-size")
+
+
+def _head(features, units: int, dense_units: int, dropout: float):
+    """The classification head on the backbone's feature map (its layer names are fixed)."""
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
     x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_bn")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 so that the probability (and the loss) stays float32 under mixed precision.
-    units = output_units(num_classes)
-    outputs = keras.layers.Dense(units, activation="sigmoid" if units == 1 else "softmax",
-                                 dtype="float32", name="prediction")(x)
-    return keras.Model(inputs, outputs, name=model_name(name))
+    return keras.layers.Dense(units, activation="sigmoid" if units == 1 else "softmax",
+                              dtype="float32", name="prediction")(x)
 
 
 def model_name(backbone: str) -> str:
@@ -501,105 +398,3 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
     """An exception's message on one line, cut to ``limit`` characters."""
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def backbone_blocks(backbone: keras.Model) -> list[list[keras.layers.Layer]]:
-    """The backbone's layers grouped into blocks, bottom to top: the unit of ``--unfreeze``.
-
-    A block is one of the blocks Keras names in its applications: a residual
-    block ``convS_blockB`` (ResNet50, ResNet50V2: 16), a dense block layer
-    ``convS_blockB`` (DenseNet121: 58), an MBConv block ``blockSx``
-    (EfficientNetV2B0: 21, EfficientNetV2S: 40), a CoAtNet MBConv or
-    transformer block ``blockSx`` (CoAtNet-0: 12), a ConvNeXt block
-    ``convnext_tiny_stage_S_block_B`` (ConvNeXtTiny: 18, each stage's
-    downsampling in its first block) or ``blockB`` (simple-cnn: 4, cpu-cnn: 7). Layers
-    outside the named blocks join the block below them (a DenseNet
-    transition, a final BatchNorm or LayerNorm, EfficientNet's top conv), and
-    layers below the first block form one more block, the stem (ResNet50's
-    conv1 + pool1). So ResNet50 has 17 blocks, ResNet50V2 17, DenseNet121 59,
-    EfficientNetV2B0 22, EfficientNetV2S 41, ConvNeXtTiny 19, CoAtNet-0 13,
-    simple-cnn 4, cpu-cnn 7.
-    """
-    blocks: list[list[keras.layers.Layer]] = [[]]  # the stem
-    current = None
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        key = _block_key(layer.name)
-        if key is not None and key != current:
-            blocks.append([])
-            current = key
-        blocks[-1].append(layer)
-    return [block for block in blocks if block]
-
-
-def _block_key(layer_name: str) -> str | None:
-    """'conv5_block3_2_conv' -> 'conv5_block3', 'block6h_add' -> 'block6h', 'pool4_conv' -> None.
-
-    ConvNeXt: 'convnext_tiny_stage_2_block_4_gelu' -> 'convnext_tiny_stage_2_block_4';
-    the downsampling from stage i to i + 1, 'convnext_tiny_downsampling_block_i',
-    opens stage i + 1's first block (as the strided convolution of ResNet's convS_block1
-    and EfficientNet's blockSa belongs to that block).
-    """
-    parts = layer_name.split("_")
-    if parts[0].startswith("block"):
-        return parts[0]
-    if len(parts) > 1 and parts[1].startswith("block"):
-        return "_".join(parts[:2])
-    if "stage" in parts[:-3] and parts[-1] != "block":
-        i = parts.index("stage")
-        if parts[i + 2] == "block":
-            return "_".join(parts[:i + 4])
-    if len(parts) > 2 and parts[-3] == "downsampling" and parts[-2] == "block" \
-            and parts[-1].isdigit():
-        return "_".join(parts[:-3] + ["stage", str(int(parts[-1]) + 1), "block", "0"])
-    return None
-
-
-def set_backbone_trainable(model: keras.Model, trainable: bool | int, *,
-                           freeze_batchnorm: bool = True) -> None:
-    """Freeze or unfreeze the backbone; recompile the model afterwards.
-
-    Args:
-        model: a model from ``create_model``.
-        trainable: False (or 0) freezes the whole backbone (phase 1); True
-            unfreezes all of it; an int N unfreezes the top N blocks as
-            ``backbone_blocks`` defines them (N = all blocks is the same as True).
-        freeze_batchnorm: keep the backbone's BatchNormalization layers frozen
-            (the default, for fine-tuning pretrained weights). Pass False when
-            the backbone starts from random weights (``simple-cnn``, ``--weights
-            none``): there are no pretrained statistics to keep, and BatchNorm
-            must learn its own.
-
-    Why BatchNormalization stays frozen when fine-tuning: in Keras 3 a
-    BatchNormalization layer with ``trainable = False`` runs in inference
-    mode, normalizing with its stored moving statistics and not updating them.
-    The pretrained weights expect the ImageNet statistics; re-estimating them
-    from small fine-tuning batches (32-128 tiles of stained tissue, against the
-    1.3M photographs they came from) would shift every activation downstream
-    and wreck what phase 1 learnt (Keras' transfer-learning guide). The head's
-    BatchNormalization is not part of the backbone and stays trainable.
-    """
-    backbone = model.get_layer("backbone")
-    blocks = backbone_blocks(backbone)
-    if isinstance(trainable, bool):
-        top = len(blocks) if trainable else 0
-    else:
-        top = int(trainable)
-        if not 0 <= top <= len(blocks):
-            raise PcamError(f"cannot unfreeze {top} blocks: the backbone has {len(blocks)} "
-                            f"blocks (0 to {len(blocks)}, or all)")
-    backbone.trainable = top > 0
-    # Every layer is set explicitly: the model's recursive `trainable` setter
-    # does not undo an earlier call (in Keras 3.15, True on a model that is
-    # already True leaves the layers inside it as they were).
-    first_trainable = len(blocks) - top
-    for i, block in enumerate(blocks):
-        for layer in block:
-            is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
-            layer.trainable = i >= first_trainable and not (freeze_batchnorm and is_batchnorm)
-
-
-def count_trainable_weights(model: keras.Model) -> int:
-    """Number of trainable scalars (parameters) in ``model``."""
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))

@@ -26,7 +26,7 @@ def load_fold_model(path: Path, remedy: str | None = None):
     """
     import keras
 
-    import pcam.data.augment  # noqa: F401 -- registers the custom layers the file may hold
+    import pcam.data.augment
     import pcam.models.registry  # noqa: F401
 
     remedy = remedy or (f"train that fold again (delete {path.parent} and run the training "

@@ -21,7 +21,7 @@ from pcam.errors import PcamError
 from pcam.models.saved import load_fold_model, load_model_with_info
 from pcam.predict.tta import (TTA_VIEWS, VIEW_NAMES, cached_tta_predictor, combine, predict_batches,
                               predict_store)
-from pcam.runs import (FOLDS, finished_folds, load_run, read_folds, read_oof, resolve_folds,
+from pcam.runs import (FOLDS, RunDir, finished_folds, load_run, read_folds, read_oof, resolve_folds,
                        run_classes)
 from pcam.settings import AugmentSettings, DataSettings, PredictSettings, RunSettings, to_dict
 
@@ -164,7 +164,7 @@ def model_files(members: Sequence[Member]) -> list[dict]:
     files = []
     for m in members:
         for k in m.folds:
-            path = m.run_dir / f"fold_{k}" / "best.keras"
+            path = RunDir(m.run_dir).fold(k).model
             stat = path.stat()
             files.append({"run": str(m.run_dir), "fold": k, "backbone": m.config.model.backbone,
                           "path": str(path), "bytes": stat.st_size,
@@ -236,7 +236,7 @@ def predict_test_sets(members: Sequence[Member], settings: PredictSettings, view
         prefix = f"{m.run_dir.name} " if len(members) > 1 else ""
         per_fold = []
         for k in m.folds:  # one model in memory at a time
-            model = load_fold_model(m.run_dir / f"fold_{k}" / "best.keras")
+            model = load_fold_model(RunDir(m.run_dir).fold(k).model)
             probs = predict_store(model, store, views, batch_images, m.config.augment,
                                   desc=prefix + desc.format(k=k, views=len(views)))
             per_fold.append(probs[position])
@@ -253,7 +253,7 @@ def iso_time(timestamp: float) -> str:
 
 def load_ensemble(run_dir: Path, folds: Sequence[int]) -> list:
     """``(model, ModelInfo)`` of each fold, loaded once (the app keeps them)."""
-    return [load_model_with_info(Path(run_dir) / f"fold_{k}" / "best.keras") for k in folds]
+    return [load_model_with_info(RunDir(Path(run_dir)).fold(k).model) for k in folds]
 
 
 def as_tiles(arrays: Sequence[np.ndarray], tile_size: int) -> np.ndarray:

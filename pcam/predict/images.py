@@ -8,7 +8,6 @@ tile (two classes), and the share of its tiles given to each class. The CSV
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -18,13 +17,13 @@ import pandas as pd
 
 from pcam.data.images import list_images
 from pcam.errors import SHOW, PcamError
-from pcam.io import atomic_path, atomic_write_text, cannot_write, check_writable
+from pcam.io import atomic_path, atomic_write_json, cannot_write, check_writable
 from pcam.predict.ensemble import (ensemble_line, ensemble_name, ensemble_threshold,
                                    images_per_call, inputs_name, iso_time, load_ensemble,
                                    load_members, model_files, predict_test_sets, predict_tiles,
                                    runs_record)
 from pcam.predict.tta import TTA_VIEWS, combine, combine_runs
-from pcam.runs import ModelInfo, info_path, run_classes
+from pcam.runs import ModelInfo, RunDir, info_path, run_classes
 from pcam.settings import PredictSettings, to_dict
 
 # --- images larger than a tile: answered as a set of tiles ---------------------------------
@@ -159,8 +158,6 @@ def predict_images(settings: PredictSettings) -> dict:
     Each run makes the images into tiles of its own tile size, as its store
     made them, so runs trained at different tile sizes ensemble too.
     """
-    from pcam.data.images import decode_image
-
     start = time.perf_counter()
     members = load_members(settings)
     classes = run_classes(members[0].config)
@@ -178,13 +175,7 @@ def predict_images(settings: PredictSettings) -> dict:
             else inputs_name(settings.images))
     out = Path(settings.out or Path("predictions") / f"{ensemble_name(members)}-{what}.csv")
     check_writable(out)
-    decoded, bad = [], []
-    for path in paths:
-        image, problem = decode_image(path)
-        (bad.append(f"{path} {problem}") if problem else decoded.append(image))
-    if bad:
-        raise PcamError(f"{len(bad)} image(s) cannot be used: {'; '.join(bad[:SHOW])}"
-                        f"{' ...' if len(bad) > SHOW else ''}; remove them or leave them out")
+    decoded = _decoded(paths)
     views = TTA_VIEWS[settings.tta]
     per_run, threshold = [], 0.5
     print(f"{ensemble_line(members, views, settings.average)}; {len(paths):,} image(s)",
@@ -213,6 +204,20 @@ def predict_images(settings: PredictSettings) -> dict:
                                 note, start)
 
 
+def _decoded(paths: list) -> list:
+    """The images, decoded; all refused at once when any cannot be used."""
+    from pcam.data.images import decode_image
+
+    decoded, bad = [], []
+    for path in paths:
+        image, problem = decode_image(path)
+        (bad.append(f"{path} {problem}") if problem else decoded.append(image))
+    if bad:
+        raise PcamError(f"{len(bad)} image(s) cannot be used: {'; '.join(bad[:SHOW])}"
+                        f"{' ...' if len(bad) > SHOW else ''}; remove them or leave them out")
+    return decoded
+
+
 def predict_folder_test(settings: PredictSettings) -> dict:
     """Class-folder runs' test/ images (their test stores) -> CSV of class probabilities."""
     start = time.perf_counter()
@@ -228,7 +233,7 @@ def predict_folder_test(settings: PredictSettings) -> dict:
     classes = run_classes(members[0].config)
     if len(members) == 1 or len(classes) != 2:
         # One run's own threshold, in every fold's model.json (0.5 for a model without one).
-        model = members[0].run_dir / f"fold_{members[0].folds[-1]}" / "best.keras"
+        model = RunDir(members[0].run_dir).fold(members[0].folds[-1]).model
         threshold = (ModelInfo.from_json(info_path(model)).threshold
                      if info_path(model).is_file() else 0.5)
         note = ""
@@ -258,7 +263,7 @@ def _write_probabilities(table, probs, labels, out, settings, members, threshold
     try:
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
-        atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+        atomic_write_json(out.with_suffix(".json"), record)
     except OSError as err:
         raise cannot_write(out, err) from None
     print(f"predictions: {out} ({len(table):,} images; columns path, predicted, "

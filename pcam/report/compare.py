@@ -39,8 +39,8 @@ from pcam.errors import PcamError
 from pcam.io import atomic_write_json, atomic_write_text
 from pcam.models.saved import load_fold_model
 from pcam.report import figures, page
-from pcam.runs import (FOLDS, finished_folds, load_run, probabilities, read_folds, read_history,
-                       read_oof, run_classes, same_folds)
+from pcam.runs import (FOLDS, RunDir, finished_folds, load_run, probabilities, read_folds,
+                       read_history, read_oof, run_classes, same_folds)
 from pcam.settings import RunSettings
 
 REPORT = "report"
@@ -120,19 +120,7 @@ def gather(compare_dir: Path) -> tuple[list[Entry], list[str]]:
     if not found:
         raise PcamError(f"{compare_dir}: none of its runs has a finished fold yet; finish "
                         "training first (the same command resumes)")
-    classes = run_classes(found[0][1])
-    shared = compare_dir / FOLDS
-    reference = read_folds(shared if shared.is_file() else found[0][0] / FOLDS, RENEW)
-    for run_dir, config, _ in found:
-        if run_classes(config) != classes:
-            raise PcamError(f"{run_dir} has classes {', '.join(run_classes(config))}, "
-                            f"{found[0][0]} has {', '.join(classes)}: runs of a comparison "
-                            "must be trained on the same data")
-        if not same_folds(read_folds(run_dir / FOLDS, RENEW), reference):
-            raise PcamError(f"{run_dir / FOLDS} differs from the comparison's folds"
-                            f"{' (' + str(shared) + ')' if shared.is_file() else ''}: it was "
-                            "trained on other folds or other data; train it again in this "
-                            "comparison (delete its folder) or move it out")
+    _check_alike(found, compare_dir)
     common = sorted(set.intersection(*(set(done) for _, _, done in found)))
     if not common:
         listing = "; ".join(f"{d.name}: {', '.join(map(str, done))}" for d, _, done in found)
@@ -157,6 +145,23 @@ def gather(compare_dir: Path) -> tuple[list[Entry], list[str]]:
     return entries, notes
 
 
+def _check_alike(found: list[tuple], compare_dir: Path) -> None:
+    """Refuse runs of other classes, or trained on other folds, than the comparison's."""
+    classes = run_classes(found[0][1])
+    shared = compare_dir / FOLDS
+    reference = read_folds(shared if shared.is_file() else found[0][0] / FOLDS, RENEW)
+    for run_dir, config, _ in found:
+        if run_classes(config) != classes:
+            raise PcamError(f"{run_dir} has classes {', '.join(run_classes(config))}, "
+                            f"{found[0][0]} has {', '.join(classes)}: runs of a comparison "
+                            "must be trained on the same data")
+        if not same_folds(read_folds(run_dir / FOLDS, RENEW), reference):
+            raise PcamError(f"{run_dir / FOLDS} differs from the comparison's folds"
+                            f"{' (' + str(shared) + ')' if shared.is_file() else ''}: it was "
+                            "trained on other folds or other data; train it again in this "
+                            "comparison (delete its folder) or move it out")
+
+
 def compare_runs(entries: list[Entry], *, bootstrap: int = 1000, speed_tiles: int = 256) -> dict:
     """The comparison's record: one row per run, the paired differences
     from the best, and the conclusions; no files written."""
@@ -166,45 +171,16 @@ def compare_runs(entries: list[Entry], *, bootstrap: int = 1000, speed_tiles: in
     rows = []
     for entry in entries:
         labels = entry.oof["label"].to_numpy()
-        probs = probabilities(entry.oof, classes)
-        if binary:
-            # Youden's J on the pooled OOF predictions: how the run's own
-            # report and its model.json choose the threshold.
-            threshold = metrics.choose_threshold(labels, probs)
-            m = metrics.evaluate(labels, probs, threshold, resamples=bootstrap)
-            row = {"backbone": entry.name, "auc": m["auc"], "auc_low": m["auc_low"],
-                   "auc_high": m["auc_high"], "accuracy": m["accuracy"],
-                   "balanced_accuracy": (m["sensitivity"] + m["specificity"]) / 2,
-                   "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                   "f1": m["f1"], "threshold": threshold}
-            recall = [m["specificity"], m["sensitivity"]]
-        else:
-            m = metrics.evaluate_multiclass(labels, probs, classes, resamples=bootstrap)
-            recall = [c["sensitivity"] for c in m["per_class"]]
-            row = {"backbone": entry.name, "auc": m["auc"], "auc_low": m["auc_low"],
-                   "auc_high": m["auc_high"], "accuracy": m["accuracy"],
-                   "balanced_accuracy": m["balanced_accuracy"],
-                   **{f"recall_{c}": r for c, r in zip(classes, recall)},
-                   "f1": m["macro_f1"]}
-        history = [read_history(entry.run_dir / f"fold_{k}") for k in entry.folds]
+        row, recall = _quality(entry.name, labels, probabilities(entry.oof, classes), classes,
+                               bootstrap)
+        history = [read_history(RunDir(entry.run_dir).fold(k).path) for k in entry.folds]
         row.update(_costs(entry, history, speed_tiles))
         row.update({"tiles": int(len(labels)), "folds": ",".join(map(str, entry.folds)),
                     "epochs": int(sum(len(h) for h in history))})
         row["_recall"] = recall
         rows.append(row)
     best = _best(rows, "auc")[0]
-    reference = _aligned(entries, best)
-    for row, entry in zip(rows, entries):
-        if row["backbone"] == best:
-            row.update(delta_auc=0.0, delta_low=0.0, delta_high=0.0, distinguishable="best")
-            continue
-        probs = probabilities(entry.oof.set_index("id").loc[reference["id"]], classes)
-        paired = metrics.paired_bootstrap_auc if binary else metrics.paired_bootstrap_macro_auc
-        delta, low, high = paired(reference["label"].to_numpy(), probs,
-                                  probabilities(reference, classes), resamples=bootstrap)
-        row.update(delta_auc=delta, delta_low=low, delta_high=high,
-                   distinguishable="yes" if metrics.distinguishable(low, high)
-                   else "not distinguishable")
+    _paired_deltas(rows, entries, best, classes, bootstrap)
     recalls = {row["backbone"]: row.pop("_recall") for row in rows}
     record = {
         "title": f"comparison {Path(entries[0].run_dir).parent.name}: "
@@ -224,13 +200,52 @@ def compare_runs(entries: list[Entry], *, bootstrap: int = 1000, speed_tiles: in
     return record
 
 
+def _quality(name: str, labels, probs, classes, bootstrap: int) -> tuple[dict, list]:
+    """A run's row of quality figures on its OOF predictions, and its recall per class."""
+    if len(classes) == 2:
+        # Youden's J on the pooled OOF predictions: how the run's own
+        # report and its model.json choose the threshold.
+        threshold = metrics.choose_threshold(labels, probs)
+        m = metrics.evaluate(labels, probs, threshold, resamples=bootstrap)
+        return ({"backbone": name, "auc": m["auc"], "auc_low": m["auc_low"],
+                 "auc_high": m["auc_high"], "accuracy": m["accuracy"],
+                 "balanced_accuracy": (m["sensitivity"] + m["specificity"]) / 2,
+                 "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+                 "f1": m["f1"], "threshold": threshold},
+                [m["specificity"], m["sensitivity"]])
+    m = metrics.evaluate_multiclass(labels, probs, classes, resamples=bootstrap)
+    recall = [c["sensitivity"] for c in m["per_class"]]
+    return ({"backbone": name, "auc": m["auc"], "auc_low": m["auc_low"],
+             "auc_high": m["auc_high"], "accuracy": m["accuracy"],
+             "balanced_accuracy": m["balanced_accuracy"],
+             **{f"recall_{c}": r for c, r in zip(classes, recall)}, "f1": m["macro_f1"]},
+            recall)
+
+
+def _paired_deltas(rows: list[dict], entries: list[Entry], best: str, classes,
+                   bootstrap: int) -> None:
+    """Each row's AUC difference from the best run's, by a paired bootstrap on the same tiles."""
+    reference = _aligned(entries, best)
+    paired = metrics.paired_bootstrap_auc if len(classes) == 2 else metrics.paired_bootstrap_macro_auc
+    for row, entry in zip(rows, entries):
+        if row["backbone"] == best:
+            row.update(delta_auc=0.0, delta_low=0.0, delta_high=0.0, distinguishable="best")
+            continue
+        probs = probabilities(entry.oof.set_index("id").loc[reference["id"]], classes)
+        delta, low, high = paired(reference["label"].to_numpy(), probs,
+                                  probabilities(reference, classes), resamples=bootstrap)
+        row.update(delta_auc=delta, delta_low=low, delta_high=high,
+                   distinguishable="yes" if metrics.distinguishable(low, high)
+                   else "not distinguishable")
+
+
 def _costs(entry: Entry, history: list[pd.DataFrame], speed_tiles: int) -> dict:
     """Parameters of the run's model, seconds per training epoch (mean over
     every epoch of the compared folds, both phases), predicted tiles/s."""
     seconds = [h["epoch_seconds"].to_numpy(np.float64) for h in history
                if "epoch_seconds" in h]
     per_epoch = float(np.nanmean(np.concatenate(seconds))) if seconds else float("nan")
-    model = load_fold_model(entry.run_dir / f"fold_{entry.folds[0]}" / "best.keras")
+    model = load_fold_model(RunDir(entry.run_dir).fold(entry.folds[0]).model)
     return {"parameters": int(model.count_params()), "seconds_per_epoch": per_epoch,
             "tiles_per_second": _speed(model, entry.config, speed_tiles)}
 
@@ -342,7 +357,7 @@ def _figures(entries: list[Entry], record: dict, out: Path) -> list[page.Figure]
     curves = {e.name: (e.oof["label"].to_numpy(), probabilities(e.oof, classes))
               for e in entries}
     aucs = {r["backbone"]: r["auc"] for r in record["rows"]}
-    histories = {e.name: [read_history(e.run_dir / f"fold_{k}") for k in e.folds]
+    histories = {e.name: [read_history(RunDir(e.run_dir).fold(k).path) for k in e.folds]
                  for e in entries}
     binary = record["task"] == "binary"
     shown = [

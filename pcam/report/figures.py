@@ -20,20 +20,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pcam.io import atomic_path  # noqa: E402
-from pcam.metrics import auc  # noqa: E402
+from pcam.io import atomic_path
+from pcam.metrics import auc
 
 DPI = 110  # a 6.4-inch-wide figure is 704 px: sharp in a browser, ~50 KB
 POOLED = "pooled"  # the group name of all predictions together
-PCAM_REGION = 32  # side of the centre square that decides a PCam label
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -302,7 +301,7 @@ def gallery(tiles: np.ndarray, captions: Sequence[str], title: str, columns: int
     return fig
 
 
-def centre_square(ax, size: int, region: int = PCAM_REGION) -> None:
+def centre_square(ax, size: int, region: int = 0) -> None:
     """Outline the centre ``region`` x ``region`` pixels of a size x size
     tile (the part that decides its label; 0: nothing drawn): white on a
     dark edge, visible on pale and on dark tissue."""
@@ -315,8 +314,7 @@ def centre_square(ax, size: int, region: int = PCAM_REGION) -> None:
 
 # --- two classes -------------------------------------------------------------------------
 
-def roc_pr(groups: dict[str, pd.DataFrame], classes: Sequence[str] = ("normal", "tumour")
-           ) -> Figure:
+def roc_pr(groups: dict[str, pd.DataFrame], classes: Sequence[str]) -> Figure:
     """ROC and precision-recall curves of every group (folds, then pooled) of
     a two-class task; ``prob`` is the probability of ``classes[1]``."""
     positive = classes[1]
@@ -342,7 +340,7 @@ def roc_pr(groups: dict[str, pd.DataFrame], classes: Sequence[str] = ("normal", 
     return fig
 
 
-def calibration(groups: dict[str, pd.DataFrame], classes: Sequence[str] = ("normal", "tumour"),
+def calibration(groups: dict[str, pd.DataFrame], classes: Sequence[str],
                 bins: int = 10) -> Figure:
     """Reliability curve (observed fraction of ``classes[1]`` per bin of
     predicted probability) over a histogram of the predictions."""
@@ -367,7 +365,7 @@ def calibration(groups: dict[str, pd.DataFrame], classes: Sequence[str] = ("norm
 
 
 def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
-                path: Path | None = None, label_region: int = PCAM_REGION):
+                path: Path | None = None, label_region: int = 0):
     """One tile's Grad-CAM: the tile, the heat map (with its scale) and the
     map over the tile; the centre square that decides a label outlined on
     the pictures of the tile (``label_region`` px; 0: none).
@@ -505,7 +503,7 @@ def validation_curves(histories: dict[str, list[pd.DataFrame]], metric: str = "A
     return fig
 
 
-def explanation_panels(tile: np.ndarray, heat: np.ndarray, label_region: int = PCAM_REGION,
+def explanation_panels(tile: np.ndarray, heat: np.ndarray, label_region: int = 0,
                        side: int = 192, gap: int = 8) -> np.ndarray:
     """``explanation``'s three pictures drawn straight into one RGB uint8
     array, for a page that shows each upload's Grad-CAM at once: the tile,

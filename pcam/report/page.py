@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+from pcam.runs import LEGACY_CLASSES
+
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
        max-width: 72rem; padding: 0 1rem; color: #222; line-height: 1.45; }
@@ -97,7 +99,7 @@ def _binary_summary(record: dict, main: str) -> list[str]:
     e = html.escape
     t = record["threshold"]
     m = record["groups"][main]
-    classes = record.get("classes") or ["normal", "tumour"]
+    classes = record.get("classes") or LEGACY_CLASSES  # metrics.json before classes
     positive = record.get("positive") or classes[1]
     columns = [(key, e(positive) if key == "positives" else heading, fmt)
                for key, heading, fmt in COLUMNS]
@@ -208,6 +210,11 @@ def _ci(m: dict) -> str:
     return f"{_fmt(m['auc_low'], '{:.4f}')}–{_fmt(m['auc_high'], '{:.4f}')}"
 
 
+RUNS_NOTE = ("<p>Each backbone is an ordinary run in the comparison's folder (its own report: "
+             "&lt;backbone&gt;/report/index.html; scripts/evaluate.py, predict.py and "
+             "explain.py take it as --run).</p>")
+
+
 def compare_page(record: dict, images: list[Figure]) -> str:
     """The comparison page (``pcam.report.compare``): conclusions, the side-by-side
     table with the paired differences from the best backbone, figures.
@@ -218,35 +225,10 @@ def compare_page(record: dict, images: list[Figure]) -> str:
     """
     e = html.escape
     binary = record["task"] == "binary"
-    classes = record["classes"]
-    auc_name = "ROC AUC" if binary else "macro AUC (one vs rest)"
-    columns = [("auc", auc_name, "{:.4f}"), ("auc_ci", "95% CI (bootstrap)", "{}"),
-               ("accuracy", "accuracy", "{:.3f}"),
-               ("balanced_accuracy", "balanced accuracy", "{:.3f}")]
-    if binary:
-        columns += [("sensitivity", f"sensitivity ({e(classes[1])})", "{:.3f}"),
-                    ("specificity", "specificity", "{:.3f}"), ("f1", "F1", "{:.3f}"),
-                    ("threshold", "threshold", "{:.3f}")]
-    else:  # recall per class: a table of its own below, classes down the side
-        columns += [("f1", "macro F1", "{:.3f}")]
-    columns += [("parameters", "parameters", "{:,}"),
-                ("seconds_per_epoch", "training s / epoch", "{:.1f}"),
-                ("tiles_per_second", "prediction tiles / s", "{:,.0f}"),
-                ("delta", f"Δ {'AUC' if binary else 'macro AUC'} vs best, paired 95% CI",
-                 "{}")]
+    columns = _compare_columns(record)
     head = "".join(f"<th>{heading}</th>" for _, heading, _ in columns)
-    rows = []
-    for r in record["rows"]:
-        cells = []
-        for key, _, fmt in columns:
-            if key == "auc_ci":
-                cells.append(f"<td>{_ci(r)}</td>")
-            elif key == "delta":
-                cells.append(f"<td>{e(_delta(r))}</td>")
-            else:
-                cells.append(f"<td>{_fmt(r.get(key), fmt)}</td>")
-        cls = ' class="pooled"' if r["backbone"] == record["best"] else ""
-        rows.append(f"<tr{cls}><td>{e(r['backbone'])}</td>{''.join(cells)}</tr>")
+    rows = [_compare_row(r, columns, best=r["backbone"] == record["best"])
+            for r in record["rows"]]
     first = record["rows"][0]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -289,11 +271,42 @@ def compare_page(record: dict, images: list[Figure]) -> str:
         parts += [f"<h2>{e(fig.title)}</h2>", "<figure>",
                   f'<img src="{e(fig.path.name)}" alt="{e(fig.title)}">',
                   f"<figcaption>{e(fig.caption)}</figcaption></figure>"]
-    parts += ["<h2>Runs</h2>", "<p>Each backbone is an ordinary run in the comparison's "
-              "folder (its own report: &lt;backbone&gt;/report/index.html; "
-              "scripts/evaluate.py, predict.py and explain.py take it as --run).</p>",
-              "</body></html>"]
+    parts += ["<h2>Runs</h2>", RUNS_NOTE, "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _compare_columns(record: dict) -> list[tuple[str, str, str]]:
+    """The comparison table's columns: (record key, heading, format)."""
+    binary = record["task"] == "binary"
+    classes = record["classes"]
+    auc_name = "ROC AUC" if binary else "macro AUC (one vs rest)"
+    columns = [("auc", auc_name, "{:.4f}"), ("auc_ci", "95% CI (bootstrap)", "{}"),
+               ("accuracy", "accuracy", "{:.3f}"),
+               ("balanced_accuracy", "balanced accuracy", "{:.3f}")]
+    if binary:
+        columns += [("sensitivity", f"sensitivity ({html.escape(classes[1])})", "{:.3f}"),
+                    ("specificity", "specificity", "{:.3f}"), ("f1", "F1", "{:.3f}"),
+                    ("threshold", "threshold", "{:.3f}")]
+    else:  # recall per class: a table of its own below, classes down the side
+        columns += [("f1", "macro F1", "{:.3f}")]
+    return columns + [("parameters", "parameters", "{:,}"),
+                      ("seconds_per_epoch", "training s / epoch", "{:.1f}"),
+                      ("tiles_per_second", "prediction tiles / s", "{:,.0f}"),
+                      ("delta", f"Δ {'AUC' if binary else 'macro AUC'} vs best, paired 95% CI",
+                       "{}")]
+
+
+def _compare_row(row: dict, columns: list, best: bool) -> str:
+    cells = []
+    for key, _, fmt in columns:
+        if key == "auc_ci":
+            cells.append(f"<td>{_ci(row)}</td>")
+        elif key == "delta":
+            cells.append(f"<td>{html.escape(_delta(row))}</td>")
+        else:
+            cells.append(f"<td>{_fmt(row.get(key), fmt)}</td>")
+    cls = ' class="pooled"' if best else ""
+    return f"<tr{cls}><td>{html.escape(row['backbone'])}</td>{''.join(cells)}</tr>"
 
 
 def _delta(row: dict) -> str:

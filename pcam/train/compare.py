@@ -22,8 +22,8 @@ from typing import Iterator
 
 from pcam.errors import PcamError
 from pcam.io import atomic_write_text
-from pcam.runs import FOLDS, finished_folds, load_run, read_folds, same_folds
-from pcam.settings import CompareSettings, RunSettings, to_dict
+from pcam.runs import FOLDS, RunDir, finished_folds, load_run, read_folds, same_folds
+from pcam.settings import CompareSettings, RunSettings, changed_on_resume, to_dict
 
 RENEW = "delete it and its runs, or choose a new --name"
 
@@ -56,7 +56,7 @@ def train_backbones(settings: CompareSettings) -> Iterator[Path]:
         run = backbone_settings(settings.training, spec.name, spec.pretrained, compare_dir)
         todo = (range(run.folds.folds) if run.fold == -1 else [run.fold])
         done = finished_folds(run.run_dir, run.folds.folds)
-        if (run.run_dir / "config.json").is_file() and set(todo) <= set(done):
+        if RunDir(run.run_dir).config.is_file() and set(todo) <= set(done):
             _check_same_training(run)
             print(f"{spec.name}: finished earlier, skipped", flush=True)
             continue
@@ -94,14 +94,12 @@ def backbone_settings(template: RunSettings, backbone: str, pretrained: bool,
 def _check_same_training(run: RunSettings) -> None:
     """Refuse to skip a finished run that was trained with other settings than
     the command's: its results would be reported as the command's."""
-    from pcam.train.training import RESUMABLE
-
     _, saved = load_run(run.run_dir)
-    now, then = to_dict(run), to_dict(saved)
+    then = to_dict(saved)
     if not run.model.image_size:  # 0: resolved to the tiles' size when it was trained
-        now["model"]["image_size"] = then["model"]["image_size"]
-    changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
-               for key in now[section] if now[section][key] != then[section].get(key)]
+        run = dataclasses.replace(run, model=dataclasses.replace(
+            run.model, image_size=saved.model.image_size))
+    changed = changed_on_resume(run, then)
     if changed:
         raise PcamError(f"run {run.run_dir} was trained with other settings "
                         f"({', '.join(changed)}); compare with the same settings or choose a "

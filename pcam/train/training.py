@@ -41,19 +41,16 @@ from pcam.data.pipeline import eval_dataset, train_dataset
 from pcam.data.sources import Source, read_source
 from pcam.data.store import Store, is_current, open_store, prepare
 from pcam.errors import PcamError
-from pcam.io import atomic_write_text, read_csv_log, remove_stale_temporaries
-from pcam.models.registry import (count_trainable_weights, create_model, default_image_size,
-                                  get_backbone, set_backbone_trainable)
+from pcam.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from pcam.models.freeze import count_trainable_weights, set_backbone_trainable
+from pcam.models.registry import create_model, default_image_size, get_backbone
 from pcam.models.saved import load_fold_model
 from pcam.predict.tta import TTA_VIEWS, predict_batches, tta_predictor
-from pcam.runs import ModelInfo
-from pcam.settings import DataSettings, RunSettings, TrainSettings, from_json, to_dict, to_json
+from pcam.runs import FoldDir, ModelInfo, RunDir
+from pcam.settings import (DataSettings, RunSettings, TrainSettings, changed_on_resume, from_json,
+                           to_dict, to_json)
 from pcam.train import checkpoints, distribute
 from pcam.train.preflight import check_crop, check_fold, check_run, small_data_warning
-
-# Settings that may differ when a run is resumed: where things are, which
-# devices run it, whether it ends with a report. Anything else changes what is trained, so it needs a new run.
-RESUMABLE = {"recipe", "run", "runs_dir", "fold", "report", "data", "device"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
         settings: the run's settings.
         folds: the folds to use (id, label, fold), as a run's ``folds.csv``
             holds them, instead of assigning new ones: a comparison
-            (``pcam.report.compare``) hands every backbone's run the same folds. A
+            (``pcam.train.compare``) hands every backbone's run the same folds. A
             run started earlier keeps its own ``folds.csv``.
         source: the source as ``pcam.train.preflight.check_run`` scanned and checked
             it (the command does that before TensorFlow loads); None: scan it here.
@@ -111,13 +108,7 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
             settings = dataclasses.replace(settings, run=copy.name,
                                            runs_dir=str(copy.parent))
     run_dir = settings.run_dir
-    if distribute.is_multi_worker(strategy):
-        check_fold(settings)
-        store = _built_store(settings.data)
-    else:
-        source = source or check_run(settings)
-        store = prepare(settings.data, splits=("train",), source=source)["train"]
-    check_crop(settings, store.tile_size)
+    store = _train_store(settings, strategy, source)
     settings = resolve(settings, store)
     # Locks (pcam.locks), taken by the chief only: other workers write nothing
     # of the run. The run's own lock is held briefly (settings and folds, then
@@ -132,22 +123,39 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
     elif folds is None:  # the same seeded folds as the chief's, nothing written
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds, store.classes)
-    todo = range(k_all) if settings.fold == -1 else [settings.fold]
-    for k in todo:
-        fold_dir = run_dir / f"fold_{k}"
-        with (locks.exclusive(fold_dir, f"fold {k} of run {run_dir}") if chief
-              else contextlib.nullcontext()):
-            if (fold_dir / "metrics.json").is_file():  # checked under the lock: maybe just finished
-                print(f"fold {k}: finished earlier, skipped", flush=True)
-                continue
-            if chief:  # temporary files of killed processes
-                for folder in [fold_dir, *fold_dir.glob("backup_*")]:
-                    remove_stale_temporaries(folder)
-            run_fold(settings, k, store, folds, strategy)
+    for k in range(k_all) if settings.fold == -1 else [settings.fold]:
+        _train_fold_once(settings, k, store, folds, strategy, chief)
     if not chief:
         return None
     with _run_lock(run_dir):
         return summarise(run_dir, k_all)
+
+
+def _train_store(settings: RunSettings, strategy, source: Source | None) -> Store:
+    """The run's train store: built here, or, for several workers, beforehand."""
+    if distribute.is_multi_worker(strategy):
+        check_fold(settings)
+        store = _built_store(settings.data)
+    else:
+        source = source or check_run(settings)
+        store = prepare(settings.data, splits=("train",), source=source)["train"]
+    check_crop(settings, store.tile_size)
+    return store
+
+
+def _train_fold_once(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
+                     strategy, chief: bool) -> None:
+    """Train fold ``k`` unless it is finished, under its lock (the chief's)."""
+    fold = RunDir(settings.run_dir).fold(k)
+    with (locks.exclusive(fold.path, f"fold {k} of run {settings.run_dir}") if chief
+          else contextlib.nullcontext()):
+        if fold.finished:  # checked under the lock: maybe just finished
+            print(f"fold {k}: finished earlier, skipped", flush=True)
+            return
+        if chief:  # temporary files of killed processes
+            for folder in [fold.path, *fold.path.glob(fold.backup("*").name)]:
+                remove_stale_temporaries(folder)
+        run_fold(settings, k, store, folds, strategy)
 
 
 def resolve(settings: RunSettings, store: Store) -> RunSettings:
@@ -206,7 +214,7 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
     Returns:
         The run's folds (id, label, fold).
     """
-    config = run_dir / "config.json"
+    config = RunDir(run_dir).config
     if config.is_file():
         try:
             saved = to_dict(from_json(RunSettings, config))
@@ -214,7 +222,7 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
             raise PcamError(f"{config} is not a pcam config ({err}); use a new --run") from None
         if _started(run_dir):
             _refuse_changes(settings, saved, run_dir)
-            return load_or_assign(run_dir / "folds.csv", store.index(), settings.folds,
+            return load_or_assign(RunDir(run_dir).folds, store.index(), settings.folds,
                                   store.classes)
     _check_model(settings, store)
     if handed is not None:
@@ -226,7 +234,7 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
                                     settings.folds.seed), settings.folds, store.classes)
     try:
         to_json(settings, config)
-        atomic_write_text(run_dir / "folds.csv", folds.to_csv(index=False))
+        atomic_write_text(RunDir(run_dir).folds, folds.to_csv(index=False))
     except OSError as err:
         raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
                         "choose another --runs-dir") from None
@@ -236,14 +244,8 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
 def _started(run_dir: Path) -> bool:
     """Whether any epoch of the run has finished (a logged row or a best model),
     or another process is training one of its folds now (with these settings)."""
-    for fold_dir in run_dir.glob("fold_*"):
-        if (fold_dir / "best.keras").exists() or (fold_dir / "metrics.json").exists():
-            return True
-        if locks.busy(fold_dir):
-            return True
-        if any(len(read_csv_log(p)) for p in fold_dir.glob("history_*.csv")):
-            return True
-    return False
+    return any(FoldDir(fold_dir).started or locks.busy(fold_dir)
+               for fold_dir in run_dir.glob(RunDir(run_dir).fold("*").path.name))
 
 
 def weights_note(settings: RunSettings) -> str | None:
@@ -277,15 +279,8 @@ def _check_model(settings: RunSettings, store: Store) -> None:
 
 
 def _refuse_changes(settings: RunSettings, saved: dict, run_dir: Path) -> None:
-    """Refuse settings that differ from a started run's in what is trained.
-
-    A setting missing from the saved config is newer than the run (e.g.
-    ``train.oof_tta``) and is not compared: no value given now could match
-    it, and refusing would strand every run started by an older pcam."""
-    now = to_dict(settings)
-    changed = [f"{section}.{key}" for section in now if section not in RESUMABLE
-               for key in now[section] if key in saved.get(section, {})
-               and now[section][key] != saved[section][key]]
+    """Refuse settings that differ from a started run's in what is trained."""
+    changed = changed_on_resume(settings, saved)
     if changed:
         raise PcamError(f"run {run_dir} was started with other settings ({', '.join(changed)}); "
                         "resume it with the same settings or choose a new --run")
@@ -310,41 +305,31 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     multi_worker = distribute.is_multi_worker(strategy)
     # Non-chief workers of a multi-worker run write to a scratch folder: only
     # the chief's files are the run's.
-    fold_dir = settings.run_dir / f"fold_{k}" if chief else Path(tempfile.mkdtemp())
+    fold_dir = RunDir(settings.run_dir).fold(k).path if chief else Path(tempfile.mkdtemp())
     fold_dir.mkdir(parents=True, exist_ok=True)
     train_pos, val_pos = split_positions(store, folds, k)
     replicas = strategy.num_replicas_in_sync
     inputs = dataclasses.replace(settings.inputs,
                                  batch_size=settings.inputs.batch_size * replicas)
-    pipeline_augment, model_augment = on_model(settings.augment,
-                                               distribute.has_accelerator(strategy))
-    train_ds = train_dataset(store, train_pos, inputs, pipeline_augment,
-                             seed=settings.folds.seed + k, balance=settings.folds.balance,
-                             worker=distribute.worker(strategy))
-    val_ds = eval_dataset(store, val_pos, inputs, settings.augment)
+    train_ds, val_ds, model_augment = _datasets(settings, store, (train_pos, val_pos), inputs,
+                                                strategy, k)
     labels = store.index()["label"].to_numpy()
     weights = class_weights(labels[train_pos]) if settings.folds.balance == "weights" else None
     num_classes = len(store.classes)
     steps = max(1, len(train_pos) // inputs.batch_size)
     print(f"fold {k}: {len(train_pos):,} train / {len(val_pos):,} validation tiles, "
           f"{replicas} replica(s), global batch {inputs.batch_size}", flush=True)
-    warning = small_data_warning(len(train_pos), inputs.batch_size)
-    if warning:
-        print(warning, flush=True)
+    if small_data_warning(len(train_pos), inputs.batch_size):
+        print(small_data_warning(len(train_pos), inputs.batch_size), flush=True)
 
-    m = settings.model
-    with strategy.scope():
-        # With --centre-crop the pipeline feeds N x N crops (see augment.eval_ops).
-        model = create_model(m.backbone, num_classes=num_classes, image_size=m.image_size,
-                             tile_size=settings.augment.centre_crop or store.tile_size,
-                             augment=model_augment,
-                             weights=m.weights, dense_units=m.dense_units, dropout=m.dropout)
+    model = _new_model(settings, num_classes, store.tile_size, model_augment, strategy)
     # BatchNorm keeps its pretrained statistics when fine-tuning (see
     # set_backbone_trainable); a backbone from random weights has none to keep.
-    pretrained = m.weights != "none" and get_backbone(m.backbone).pretrained
-    best = fold_dir / "best.keras"
+    pretrained = (settings.model.weights != "none"
+                  and get_backbone(settings.model.backbone).pretrained)
+    best = FoldDir(fold_dir).model
     for phase in phases(settings.train):
-        done = fold_dir / f"{phase.name}.done"
+        done = FoldDir(fold_dir).done(phase.name)
         if best.is_file():
             checkpoints.load_weights(model, best, fold_dir)  # hand-over: each phase starts from the best so far
         if done.is_file() or phase.epochs == 0:
@@ -363,16 +348,44 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
                                        backup=not multi_worker) + list(callbacks),
                   verbose=_verbosity(chief))
         done.touch()
+    if multi_worker and not chief:
+        return {}
+    return _finish_fold(_best_model(model, best, fold_dir, multi_worker), store, val_pos, k,
+                        fold_dir, inputs, settings)
+
+
+def _best_model(model, best: Path, fold_dir: Path, multi_worker: bool):
+    """The fold's best model, to predict its validation tiles."""
     if multi_worker:
         # Keras' predict under a multi-worker strategy gathers every worker's
         # predictions, and each worker reads the whole validation set: twice
         # the rows. The chief predicts alone, with the saved model outside the strategy.
-        if not chief:
-            return {}
-        model = load_fold_model(best)
-    elif best.is_file():
+        return load_fold_model(best)
+    if best.is_file():
         checkpoints.load_weights(model, best, fold_dir)
-    return _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings)
+    return model
+
+
+def _datasets(settings: RunSettings, store: Store, positions: tuple, inputs, strategy, k: int):
+    """Fold ``k``'s training and validation datasets, and the augmentation layers that
+    run in the model instead (on an accelerator: ``pcam.data.augment.on_model``)."""
+    train_pos, val_pos = positions
+    pipeline_augment, model_augment = on_model(settings.augment,
+                                               distribute.has_accelerator(strategy))
+    train_ds = train_dataset(store, train_pos, inputs, pipeline_augment,
+                             seed=settings.folds.seed + k, balance=settings.folds.balance,
+                             worker=distribute.worker(strategy))
+    return train_ds, eval_dataset(store, val_pos, inputs, settings.augment), model_augment
+
+
+def _new_model(settings: RunSettings, num_classes: int, tile_size: int, augment, strategy):
+    m = settings.model
+    with strategy.scope():
+        # With --centre-crop the pipeline feeds N x N crops (see augment.eval_ops).
+        return create_model(m.backbone, num_classes=num_classes, image_size=m.image_size,
+                            tile_size=settings.augment.centre_crop or tile_size,
+                            augment=augment, weights=m.weights, dense_units=m.dense_units,
+                            dropout=m.dropout)
 
 
 def _verbosity(chief: bool) -> int:
@@ -426,12 +439,12 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
     callbacks += [
         # Before the CSV logger: it adds the epoch's seconds to the logs the
         # logger writes (a comparison reports training time per epoch from them).
-        EpochSeconds(fold_dir / f"history_{phase.name}.csv"),
+        EpochSeconds(FoldDir(fold_dir).history(phase.name)),
         # Best model over both phases: phase 2 only overwrites phase 1's best
         # when it beats it, and a resumed phase remembers the best so far.
         # Written under a temporary name and renamed (pcam.train.checkpoints): a process
         # killed mid-write never leaves a truncated best.keras.
-        checkpoints.AtomicModelCheckpoint(fold_dir / "best.keras", monitor=task.MONITOR,
+        checkpoints.AtomicModelCheckpoint(FoldDir(fold_dir).model, monitor=task.MONITOR,
                                           mode="max", save_best_only=True,
                                           initial_value_threshold=best_so_far),
         # Under cosine decay the first half of a phase runs at a high learning
@@ -442,16 +455,16 @@ def _callbacks(phase: Phase, train: TrainSettings, fold_dir: Path, best_so_far,
         keras.callbacks.EarlyStopping(monitor=task.MONITOR, mode="max", patience=train.patience,
                                       restore_best_weights=False,
                                       start_from_epoch=_warm_up(phase, train)),
-        keras.callbacks.CSVLogger(fold_dir / f"history_{phase.name}.csv", append=True),
+        keras.callbacks.CSVLogger(FoldDir(fold_dir).history(phase.name), append=True),
     ]
     if backup:
-        best = fold_dir / "best.keras"
+        best = FoldDir(fold_dir).model
 
         def restart(model):  # an unreadable backup: the phase starts from the best so far
             if best.is_file():
                 checkpoints.load_weights(model, best, fold_dir)
 
-        callbacks.append(checkpoints.AtomicBackupAndRestore(fold_dir / f"backup_{phase.name}",
+        callbacks.append(checkpoints.AtomicBackupAndRestore(FoldDir(fold_dir).backup(phase.name),
                                                             restart=restart))
         if train.ema:  # the backup, taken last, holds the averaged weights in the model
             callbacks[0] = checkpoints.EMASwap(callbacks[-1])
@@ -501,10 +514,10 @@ def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
     oof = pd.DataFrame({"id": index["id"].to_numpy(), "label": index["label"].to_numpy(),
                         "fold": k})
     oof[runs.prob_columns(classes)] = probs.reshape(len(oof), -1)
-    model_info(settings, store).to_json(fold_dir / "model.json")
-    atomic_write_text(fold_dir / "oof.csv", oof.to_csv(index=False))
+    model_info(settings, store).to_json(FoldDir(fold_dir).info)
+    atomic_write_text(FoldDir(fold_dir).oof, oof.to_csv(index=False))
     result = metrics.task_metrics(oof["label"], probs, classes)
-    atomic_write_text(fold_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(FoldDir(fold_dir).metrics, result)
     print(f"fold {k}: validation {'AUC' if len(classes) == 2 else 'macro AUC'} "
           f"{result['auc']:.4f}", flush=True)
     return result
@@ -542,7 +555,7 @@ def summarise(run_dir: Path, k_all: int) -> dict | None:
         return None
     _, config = runs.load_run(run_dir)
     classes = runs.run_classes(config)
-    finished = {k: json.loads((run_dir / f"fold_{k}" / "metrics.json").read_text()) for k in done}
+    finished = {k: json.loads(RunDir(run_dir).fold(k).metrics.read_text()) for k in done}
     oof = runs.read_oof(run_dir, done)
     probs = runs.probabilities(oof, classes)
     summary = metrics.cv_summary(finished, oof["label"], probs, classes)
@@ -550,10 +563,10 @@ def summarise(run_dir: Path, k_all: int) -> dict | None:
         threshold = metrics.choose_threshold(oof["label"], probs)
         summary["threshold"] = threshold
         for k in done:
-            path = run_dir / f"fold_{k}" / "model.json"
+            path = RunDir(run_dir).fold(k).info
             if path.is_file():
                 info = ModelInfo.from_json(path)
                 ModelInfo(**{**dataclasses.asdict(info), "threshold": threshold}).to_json(path)
-    atomic_write_text(run_dir / "cv.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(RunDir(run_dir).cv, summary)
     print(metrics.format_cv(summary), flush=True)
     return summary
