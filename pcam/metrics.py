@@ -20,7 +20,7 @@ def auc(labels, probs) -> float:
     return float(roc_auc_score(labels, probs))
 
 
-def binary_metrics(labels, probs) -> dict:
+def _binary_metrics(labels, probs) -> dict:
     """AUC, accuracy at 0.5, log loss and counts of one set of predictions."""
     labels, probs = np.asarray(labels, np.int64), np.asarray(probs, np.float64)
     return {
@@ -41,7 +41,7 @@ def cv_summary(per_fold: dict[int, dict], oof_labels, oof_probs, classes=None) -
         oof_probs: their probabilities: (N,) for two classes, (N, K) for K.
         classes: the class names; None or two names keep the binary summary
             as it always was; K > 2 adds the balanced accuracies and
-            summarises the pooled predictions with ``multiclass_metrics``.
+            summarises the pooled predictions with ``_multiclass_metrics``.
     """
     aucs = np.array([m["auc"] for m in per_fold.values()], np.float64)
     summary = {
@@ -50,12 +50,12 @@ def cv_summary(per_fold: dict[int, dict], oof_labels, oof_probs, classes=None) -
         "auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
     }
     if classes is None or len(classes) == 2:
-        return {**summary, "oof": binary_metrics(oof_labels, _binary_probs(oof_probs))}
+        return {**summary, "oof": _binary_metrics(oof_labels, _binary_probs(oof_probs))}
     balanced = np.array([m["balanced_accuracy"] for m in per_fold.values()], np.float64)
     return {**summary, "classes": list(classes),
             "balanced_accuracy_mean": float(balanced.mean()),
             "balanced_accuracy_std": float(balanced.std(ddof=1)) if len(balanced) > 1 else 0.0,
-            "oof": multiclass_metrics(oof_labels, oof_probs, classes)}
+            "oof": _multiclass_metrics(oof_labels, oof_probs, classes)}
 
 
 def format_cv(summary: dict) -> str:
@@ -83,7 +83,9 @@ def format_cv(summary: dict) -> str:
 
 def bootstrap_auc(labels, probs, *, resamples: int = 1000, level: float = 0.95,
                   seed: int = 0) -> tuple[float, float]:
-    """A percentile bootstrap interval for the ROC AUC.
+    """A percentile bootstrap interval for the ROC AUC: of two classes for
+    ``probs`` (N,) of class 1, the macro one-vs-rest AUC for (N, K)
+    (``_bootstrap_macro_auc``).
 
     Each resample draws ``n`` tiles with replacement. Instead of re-sorting
     every resample, the scores are ranked once and a resample is a vector
@@ -95,6 +97,8 @@ def bootstrap_auc(labels, probs, *, resamples: int = 1000, level: float = 0.95,
     Returns:
         ``(low, high)``; NaNs when only one class is present.
     """
+    if np.ndim(probs) == 2:
+        return _bootstrap_macro_auc(labels, probs, resamples=resamples, level=level, seed=seed)
     labels = np.asarray(labels, np.int64)
     probs = np.asarray(probs, np.float64)
     if len(np.unique(labels)) < 2:
@@ -171,12 +175,23 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
 
 
-def evaluate(labels, probs, threshold: float, *, resamples: int = 1000, seed: int = 0) -> dict:
+def _evaluate_binary(labels, probs, threshold: float, *, resamples: int, seed: int) -> dict:
     """Everything the report shows for one set of predictions: AUC with its
     bootstrap interval, log loss and the metrics at ``threshold``."""
     low, high = bootstrap_auc(labels, probs, resamples=resamples, seed=seed)
-    return {**binary_metrics(labels, probs), "auc_low": low, "auc_high": high,
+    return {**_binary_metrics(labels, probs), "auc_low": low, "auc_high": high,
             **threshold_metrics(labels, probs, threshold)}
+
+
+def evaluate(labels, probs, classes, threshold: float | None = None, *,
+             resamples: int = 1000, seed: int = 0) -> dict:
+    """Everything a report shows for one set of predictions of a task with ``classes``:
+    ``task_metrics`` with the AUC's bootstrap interval (``auc_low``, ``auc_high``); for two
+    classes (``probs`` (N,)) also the metrics at ``threshold``."""
+    if len(classes) == 2:
+        return _evaluate_binary(labels, _binary_probs(probs), threshold, resamples=resamples,
+                                seed=seed)
+    return _evaluate_multiclass(labels, probs, classes, resamples=resamples, seed=seed)
 
 
 # --- K classes ------------------------------------------------------------------------
@@ -184,16 +199,16 @@ def evaluate(labels, probs, threshold: float, *, resamples: int = 1000, seed: in
 def task_metrics(labels, probs, classes) -> dict:
     """The metrics of one set of predictions of a task with ``classes``.
 
-    What a fold's ``metrics.json`` holds: ``binary_metrics`` for two classes
-    (``probs`` (N,), the probability of ``classes[1]``), ``multiclass_metrics``
+    What a fold's ``metrics.json`` holds: ``_binary_metrics`` for two classes
+    (``probs`` (N,), the probability of ``classes[1]``), ``_multiclass_metrics``
     for more (``probs`` (N, K)).
     """
     if len(classes) == 2:
-        return binary_metrics(labels, _binary_probs(probs))
-    return multiclass_metrics(labels, probs, classes)
+        return _binary_metrics(labels, _binary_probs(probs))
+    return _multiclass_metrics(labels, probs, classes)
 
 
-def multiclass_metrics(labels, probs, classes) -> dict:
+def _multiclass_metrics(labels, probs, classes) -> dict:
     """Metrics of K-class predictions; the predicted class is the most probable.
 
     Args:
@@ -250,7 +265,7 @@ def multiclass_metrics(labels, probs, classes) -> dict:
     }
 
 
-def bootstrap_macro_auc(labels, probs, *, resamples: int = 1000, level: float = 0.95,
+def _bootstrap_macro_auc(labels, probs, *, resamples: int = 1000, level: float = 0.95,
                         seed: int = 0) -> tuple[float, float]:
     """A percentile bootstrap interval for the macro one-vs-rest ROC AUC.
 
@@ -259,7 +274,7 @@ def bootstrap_macro_auc(labels, probs, *, resamples: int = 1000, level: float = 
     tile) gives every class's weighted Mann-Whitney AUC from two
     ``bincount`` calls over (class, score rank) cells. A class that a
     resample happens to lack (no positives) is left out of that resample's
-    mean, as ``multiclass_metrics`` does. 1,000 resamples of 2,000 tiles x 8
+    mean, as ``_multiclass_metrics`` does. 1,000 resamples of 2,000 tiles x 8
     classes take ~1 s.
 
     Args:
@@ -315,12 +330,11 @@ def _weighted_macro_auc(cells: tuple, counts: np.ndarray) -> float:
     return float(per_class[present].mean()) if present.any() else float("nan")
 
 
-def evaluate_multiclass(labels, probs, classes, *, resamples: int = 1000,
-                        seed: int = 0) -> dict:
-    """Everything the report shows for K-class predictions: ``multiclass_metrics``
+def _evaluate_multiclass(labels, probs, classes, *, resamples: int, seed: int) -> dict:
+    """Everything the report shows for K-class predictions: ``_multiclass_metrics``
     with the bootstrap interval of the macro AUC (``auc_low``, ``auc_high``)."""
-    low, high = bootstrap_macro_auc(labels, probs, resamples=resamples, seed=seed)
-    return {**multiclass_metrics(labels, probs, classes), "auc_low": low, "auc_high": high}
+    low, high = _bootstrap_macro_auc(labels, probs, resamples=resamples, seed=seed)
+    return {**_multiclass_metrics(labels, probs, classes), "auc_low": low, "auc_high": high}
 
 
 def _checked(labels, probs, classes) -> tuple[np.ndarray, np.ndarray]:
@@ -370,14 +384,18 @@ def paired_bootstrap_auc(labels, probs_a, probs_b, *, resamples: int = 1000,
     two apart.
 
     Args:
-        labels: (N,) 0/1.
-        probs_a, probs_b: (N,) probabilities of class 1 of the two models,
-            row i of each for the same tile.
+        labels: (N,) class indices.
+        probs_a, probs_b: the two models' probabilities, row i of each for the
+            same tile: (N,) of class 1 for two classes, (N, K) for K classes
+            (the macro AUCs: ``_paired_bootstrap_macro_auc``).
 
     Returns:
         ``(delta, low, high)``: the difference on all tiles and its interval;
         NaNs when only one class is present.
     """
+    if np.ndim(probs_a) == 2:
+        return _paired_bootstrap_macro_auc(labels, probs_a, probs_b, resamples=resamples,
+                                           level=level, seed=seed)
     labels = np.asarray(labels, np.int64)
     a, b = _paired(labels, probs_a, probs_b, 1)
     if len(np.unique(labels)) < 2:
@@ -395,12 +413,12 @@ def paired_bootstrap_auc(labels, probs_a, probs_b, *, resamples: int = 1000,
     return (float(delta), *_interval(deltas, level))
 
 
-def paired_bootstrap_macro_auc(labels, probs_a, probs_b, *, resamples: int = 1000,
+def _paired_bootstrap_macro_auc(labels, probs_a, probs_b, *, resamples: int = 1000,
                                level: float = 0.95, seed: int = 0
                                ) -> tuple[float, float, float]:
     """``paired_bootstrap_auc`` for K classes: the difference of the macro
     one-vs-rest AUCs of two models on the same tiles (the draws of
-    ``bootstrap_macro_auc`` with the same seed).
+    ``_bootstrap_macro_auc`` with the same seed).
 
     Args:
         labels: (N,) class indices.

@@ -27,6 +27,7 @@ from pcam import places
 from pcam.errors import PcamError
 from pcam.io import atomic_write_json, read_csv_log
 from pcam.settings import RunSettings, from_json
+from pcam.task import Task
 
 PHASES = ("frozen", "finetune")  # training order; names of history_<phase>.csv
 FOLDS = "folds.csv"  # a run's (or a comparison's) folds: id, label, fold
@@ -255,15 +256,14 @@ def same_folds(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 def prob_columns(classes: Sequence[str]) -> list[str]:
     """Probability columns of an OOF table: ``prob`` (of class 1) for two
     classes, as PCam runs always had; ``prob_<class>`` per class for more."""
-    return ["prob"] if len(classes) == 2 else [f"prob_{c}" for c in classes]
+    return Task(tuple(classes)).prob_columns
 
 
 def probabilities(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     """The probabilities of an OOF-style table: (N,) of class 1 for two
     classes, (N, K) for K classes."""
-    columns = prob_columns(classes)
-    values = frame[columns].to_numpy(np.float64)
-    return values[:, 0] if len(classes) == 2 else values
+    values = frame[prob_columns(classes)].to_numpy(np.float64)
+    return values[:, 0] if Task(tuple(classes)).binary else values
 
 
 def read_oof(run_dir: Path, folds: Sequence[int]) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""What the number of classes decides, in one place.
+"""What the number of classes decides, in one place: ``Task``.
 
 Two classes: one sigmoid unit (the probability of class 1, the positive
 class), binary cross-entropy, labels as floats 0/1, ROC AUC. K > 2 classes:
@@ -6,14 +6,77 @@ softmax over K units, categorical cross-entropy on one-hot labels, macro
 one-vs-rest ROC AUC (Keras' ``AUC(multi_label=True)`` averages the K
 per-class AUCs unweighted), accuracy and balanced accuracy. Either way the
 monitored metric is ``val_auc``, so checkpoints and early stopping need not
-know which.
+know which; its name for people is ``Task.metric``.
+
+Outside files (CSV columns, the Kaggle ``label`` column, thresholds), two
+classes keep their one probability column, ``prob``, as PCam runs always had.
+
+Nothing here imports TensorFlow at module level: reports read a ``Task`` and
+start quickly; the Keras parts are imported by the methods that build them.
 """
 from __future__ import annotations
 
-import keras
-import tensorflow as tf
+from dataclasses import dataclass
+
+import numpy as np
 
 MONITOR = "val_auc"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task: its class names in label order (label i is ``classes[i]``)."""
+
+    classes: tuple[str, ...]
+
+    def __post_init__(self):
+        if len(self.classes) < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {len(self.classes)}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def kind(self) -> str:
+        """How records name it: "binary" or "multiclass"."""
+        return "binary" if self.binary else "multiclass"
+
+    @property
+    def units(self) -> int:
+        """Units of the output layer: 1 (sigmoid) for two classes, K (softmax) for more."""
+        return output_units(len(self.classes))
+
+    @property
+    def activation(self) -> str:
+        return "sigmoid" if self.binary else "softmax"
+
+    @property
+    def metric(self) -> str:
+        """The name of the monitored metric (``val_auc``) for people."""
+        return "AUC" if self.binary else "macro AUC"
+
+    @property
+    def prob_columns(self) -> list[str]:
+        """Probability columns of an OOF table: ``prob`` (of class 1) for two
+        classes, as PCam runs always had; ``prob_<class>`` per class for more."""
+        return ["prob"] if self.binary else [f"prob_{c}" for c in self.classes]
+
+    def as_matrix(self, probs) -> np.ndarray:
+        """Probabilities as (N, K) for either task ((N,) of class 1 for two classes)."""
+        probs = np.asarray(probs, np.float64)
+        return np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
+
+    def encode(self, labels):
+        """Label indices as the loss wants them (``encode_labels``)."""
+        return encode_labels(labels, len(self.classes))
+
+    def loss(self, label_smoothing: float = 0.0):
+        return loss(len(self.classes), label_smoothing)
+
+    def keras_metrics(self) -> list:
+        return metrics(len(self.classes))
 
 
 def output_units(num_classes: int) -> int:
@@ -26,12 +89,16 @@ def output_units(num_classes: int) -> int:
 def encode_labels(labels, num_classes: int):
     """Label indices (any numeric dtype) as the loss wants them: float32 0/1
     for two classes, float32 one-hot rows for K > 2."""
+    import tensorflow as tf
+
     if num_classes == 2:
         return tf.cast(labels, tf.float32)
     return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)
 
 
-def loss(num_classes: int, label_smoothing: float = 0.0) -> keras.losses.Loss:
+def loss(num_classes: int, label_smoothing: float = 0.0):
+    import keras
+
     if num_classes == 2:
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
@@ -39,44 +106,12 @@ def loss(num_classes: int, label_smoothing: float = 0.0) -> keras.losses.Loss:
 
 def metrics(num_classes: int) -> list:
     """The metrics logged every epoch; ``auc`` is the one monitored."""
+    import keras
+
+    from pcam.keras_metrics import BalancedAccuracy
+
     if num_classes == 2:
         return [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
     return [keras.metrics.AUC(name="auc", multi_label=True, num_labels=num_classes),
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             BalancedAccuracy(num_classes, name="balanced_accuracy")]
-
-
-@keras.saving.register_keras_serializable(package="pcam")
-class BalancedAccuracy(keras.metrics.Metric):
-    """Mean over classes of the fraction of that class predicted right (the
-    mean recall): on EBHI, where one class is 36% of the images and another
-    2.6%, plain accuracy rewards ignoring the small classes; this does not.
-
-    Classes absent from what was seen so far are left out of the mean.
-    """
-
-    def __init__(self, num_classes: int, name: str = "balanced_accuracy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.num_classes = num_classes
-        self.hits = self.add_variable((num_classes,), initializer="zeros", name="hits")
-        self.seen = self.add_variable((num_classes,), initializer="zeros", name="seen")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        true = tf.argmax(y_true, axis=-1)
-        right = tf.cast(tf.equal(true, tf.argmax(y_pred, axis=-1)), "float32")
-        self.hits.assign_add(tf.math.unsorted_segment_sum(right, true, self.num_classes))
-        self.seen.assign_add(tf.math.unsorted_segment_sum(tf.ones_like(right), true,
-                                                          self.num_classes))
-
-    def result(self):
-        present = self.seen > 0
-        recall = tf.math.divide_no_nan(self.hits, self.seen)
-        return tf.math.divide_no_nan(tf.reduce_sum(tf.where(present, recall, 0.0)),
-                                     tf.reduce_sum(tf.cast(present, "float32")))
-
-    def reset_state(self):
-        self.hits.assign(tf.zeros_like(self.hits))
-        self.seen.assign(tf.zeros_like(self.seen))
-
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes}

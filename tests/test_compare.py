@@ -127,7 +127,7 @@ def _check_report(cmp, backbones, binary, own_report=True):
             assert not (run / "report").exists()
             own = json.loads((run / "fold_0" / "metrics.json").read_text())
             oof = pd.read_csv(run / "fold_0" / "oof.csv")
-            own["auc_low"], own["auc_high"] = metrics.bootstrap_macro_auc(
+            own["auc_low"], own["auc_high"] = metrics.bootstrap_auc(
                 oof["label"], oof[[f"prob_{c}" for c in record["classes"]]].to_numpy())
         keys = ["auc", "auc_low", "auc_high", "accuracy"]
         keys += ["sensitivity", "specificity", "f1"] if binary else ["balanced_accuracy"]
@@ -180,7 +180,7 @@ def test_paired_bootstrap_of_identical_predictions_is_exactly_zero():
     probs = rng.random(200)
     assert metrics.paired_bootstrap_auc(labels, probs, probs, resamples=100) == (0.0, 0.0, 0.0)
     three = rng.random((200, 3))
-    assert metrics.paired_bootstrap_macro_auc(rng.integers(0, 3, 200), three, three,
+    assert metrics.paired_bootstrap_auc(rng.integers(0, 3, 200), three, three,
                                               resamples=100) == (0.0, 0.0, 0.0)
     assert not metrics.distinguishable(0.0, 0.0)
 
@@ -206,7 +206,7 @@ def test_paired_bootstrap_matches_a_direct_computation():
     labels = rng.integers(0, k, n)
     pa, pb = rng.dirichlet(np.ones(k), n), rng.dirichlet(np.ones(k), n)
     pa[np.arange(n), labels] += 0.4
-    delta, low, high = metrics.paired_bootstrap_macro_auc(labels, pa, pb, resamples=50, seed=3)
+    delta, low, high = metrics.paired_bootstrap_auc(labels, pa, pb, resamples=50, seed=3)
 
     def macro(y, p):
         return np.mean([roc_auc_score(y == c, p[:, c]) for c in range(k)

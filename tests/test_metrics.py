@@ -30,7 +30,7 @@ def noisy(n: int, k: int, seed: int = 0, signal: float = 1.0):
 
 def test_multiclass_metrics_match_sklearn():
     labels, probs = noisy(1500, len(CLASSES))
-    m = metrics.multiclass_metrics(labels, probs, CLASSES)
+    m = metrics.task_metrics(labels, probs, CLASSES)
     predicted = probs.argmax(axis=1)
     k = len(CLASSES)
     assert m["n"] == 1500
@@ -63,7 +63,7 @@ def test_a_class_absent_from_the_labels_is_left_out_of_the_macro_scores():
     labels, probs = labels[keep], probs[keep]
     predicted = probs.argmax(axis=1)
     assert (predicted == 2).any()
-    m = metrics.multiclass_metrics(labels, probs, CLASSES)
+    m = metrics.task_metrics(labels, probs, CLASSES)
     present = [0, 1, 3, 4]
     assert m["auc"] == pytest.approx(np.mean([roc_auc_score(labels == c, probs[:, c])
                                               for c in present]))
@@ -75,14 +75,15 @@ def test_a_class_absent_from_the_labels_is_left_out_of_the_macro_scores():
     assert m["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
     assert m["kappa"] == pytest.approx(cohen_kappa_score(labels, predicted))
     assert np.array(m["confusion"]).shape == (5, 5) and np.array(m["confusion"])[2].sum() == 0
-    low, high = metrics.bootstrap_macro_auc(labels, probs, resamples=200)
+    low, high = metrics.bootstrap_auc(labels, probs, resamples=200)
     assert low < m["auc"] < high
 
 
 def test_task_metrics_picks_binary_for_two_classes_and_multiclass_for_more():
     labels, probs = noisy(500, 2, seed=1)
     binary = metrics.task_metrics(labels, probs[:, 1], ("Normal", "OSCC"))
-    assert binary == metrics.binary_metrics(labels, probs[:, 1])
+    assert set(binary) == {"auc", "accuracy", "log_loss", "n", "positives"}
+    assert binary["positives"] == labels.sum() and binary["n"] == 500
     assert binary["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))
     labels, probs = noisy(500, 3, seed=1)
     multi = metrics.task_metrics(labels, probs, ("a", "b", "c"))
@@ -94,26 +95,26 @@ def test_task_metrics_picks_binary_for_two_classes_and_multiclass_for_more():
 def test_wrong_shapes_and_labels_are_one_line_errors():
     labels, probs = noisy(50, 3)
     with pytest.raises(PcamError, match="expected \\(50, 5\\)") as err:
-        metrics.multiclass_metrics(labels, probs, CLASSES)
+        metrics.task_metrics(labels, probs, CLASSES)
     assert len(str(err.value).splitlines()) == 1
     with pytest.raises(PcamError, match="label 7 is not a class index"):
-        metrics.multiclass_metrics(np.r_[labels[:-1], 7], probs, ("a", "b", "c"))
+        metrics.task_metrics(np.r_[labels[:-1], 7], probs, ("a", "b", "c"))
 
 
 def test_bootstrap_macro_auc_brackets_the_point_estimate_and_narrows_with_n():
     labels, probs = noisy(2000, 8, seed=5, signal=0.7)
     names = [f"c{i}" for i in range(8)]
-    point = metrics.multiclass_metrics(labels, probs, names)["auc"]
+    point = metrics.task_metrics(labels, probs, names)["auc"]
     start = time.perf_counter()
-    low, high = metrics.bootstrap_macro_auc(labels, probs, resamples=1000, seed=2)
+    low, high = metrics.bootstrap_auc(labels, probs, resamples=1000, seed=2)
     took = time.perf_counter() - start
     assert low < point < high
     assert took < 10, f"1,000 resamples of 2,000 x 8 took {took:.1f} s"
-    small_low, small_high = metrics.bootstrap_macro_auc(labels[:200], probs[:200],
+    small_low, small_high = metrics.bootstrap_auc(labels[:200], probs[:200],
                                                         resamples=300)
     assert (small_high - small_low) > 2 * (high - low)  # ~sqrt(10) = 3.2x wider
-    assert metrics.bootstrap_macro_auc(labels, probs, resamples=1000, seed=2) == (low, high)
-    assert all(np.isnan(metrics.bootstrap_macro_auc([1, 1, 1], probs[:3], resamples=10)))
+    assert metrics.bootstrap_auc(labels, probs, resamples=1000, seed=2) == (low, high)
+    assert all(np.isnan(metrics.bootstrap_auc([1, 1, 1], probs[:3], resamples=10)))
 
 
 def test_bootstrap_macro_auc_of_one_resample_of_all_ones_is_the_auc():
@@ -128,7 +129,7 @@ def test_bootstrap_macro_auc_of_one_resample_of_all_ones_is_the_auc():
     real = np.random.default_rng
     np.random.default_rng = lambda seed=None: Ones()
     try:
-        low, high = metrics.bootstrap_macro_auc(labels, probs, resamples=3, level=0)
+        low, high = metrics.bootstrap_auc(labels, probs, resamples=3, level=0)
     finally:
         np.random.default_rng = real
     expected = roc_auc_score(labels, probs, multi_class="ovr")
@@ -157,7 +158,7 @@ def test_binary_cv_summary_is_unchanged():
     labels, probs = noisy(400, 2, seed=6)
     probs = probs[:, 1]
     folds = np.arange(400) % 2
-    per_fold = {k: metrics.binary_metrics(labels[folds == k], probs[folds == k])
+    per_fold = {k: metrics.task_metrics(labels[folds == k], probs[folds == k], ("n", "t"))
                 for k in (0, 1)}
     summary = metrics.cv_summary(per_fold, labels, probs)
     assert set(summary) == {"folds", "auc_mean", "auc_std", "oof"}

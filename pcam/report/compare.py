@@ -42,6 +42,7 @@ from pcam.report import figures, page
 from pcam.runs import (FOLDS, RunDir, finished_folds, load_run, probabilities, read_folds,
                        read_history, read_oof, run_classes, same_folds)
 from pcam.settings import RunSettings
+from pcam.task import Task
 
 REPORT = "report"
 RENEW = "delete it and its runs, or choose a new --name"
@@ -186,7 +187,7 @@ def compare_runs(entries: list[Entry], *, bootstrap: int = 1000, speed_tiles: in
         "title": f"comparison {Path(entries[0].run_dir).parent.name}: "
                  f"{', '.join(e.name for e in entries)}",
         "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "task": "binary" if binary else "multiclass",
+        "task": Task(classes).kind,
         "classes": list(classes),
         "positive": classes[1] if binary else "",
         "best": best,
@@ -206,14 +207,14 @@ def _quality(name: str, labels, probs, classes, bootstrap: int) -> tuple[dict, l
         # Youden's J on the pooled OOF predictions: how the run's own
         # report and its model.json choose the threshold.
         threshold = metrics.choose_threshold(labels, probs)
-        m = metrics.evaluate(labels, probs, threshold, resamples=bootstrap)
+        m = metrics.evaluate(labels, probs, classes, threshold, resamples=bootstrap)
         return ({"backbone": name, "auc": m["auc"], "auc_low": m["auc_low"],
                  "auc_high": m["auc_high"], "accuracy": m["accuracy"],
                  "balanced_accuracy": (m["sensitivity"] + m["specificity"]) / 2,
                  "sensitivity": m["sensitivity"], "specificity": m["specificity"],
                  "f1": m["f1"], "threshold": threshold},
                 [m["specificity"], m["sensitivity"]])
-    m = metrics.evaluate_multiclass(labels, probs, classes, resamples=bootstrap)
+    m = metrics.evaluate(labels, probs, classes, resamples=bootstrap)
     recall = [c["sensitivity"] for c in m["per_class"]]
     return ({"backbone": name, "auc": m["auc"], "auc_low": m["auc_low"],
              "auc_high": m["auc_high"], "accuracy": m["accuracy"],
@@ -226,13 +227,12 @@ def _paired_deltas(rows: list[dict], entries: list[Entry], best: str, classes,
                    bootstrap: int) -> None:
     """Each row's AUC difference from the best run's, by a paired bootstrap on the same tiles."""
     reference = _aligned(entries, best)
-    paired = metrics.paired_bootstrap_auc if len(classes) == 2 else metrics.paired_bootstrap_macro_auc
     for row, entry in zip(rows, entries):
         if row["backbone"] == best:
             row.update(delta_auc=0.0, delta_low=0.0, delta_high=0.0, distinguishable="best")
             continue
         probs = probabilities(entry.oof.set_index("id").loc[reference["id"]], classes)
-        delta, low, high = paired(reference["label"].to_numpy(), probs,
+        delta, low, high = metrics.paired_bootstrap_auc(reference["label"].to_numpy(), probs,
                                   probabilities(reference, classes), resamples=bootstrap)
         row.update(delta_auc=delta, delta_low=low, delta_high=high,
                    distinguishable="yes" if metrics.distinguishable(low, high)
@@ -287,7 +287,7 @@ def conclusions(record: dict) -> list[str]:
     rows = record["rows"]
     lines = []
     best = record["best"]
-    auc_name = "AUC" if record["task"] == "binary" else "macro AUC"
+    auc_name = Task(tuple(record["classes"])).metric
     top = next(r for r in rows if r["backbone"] == best)
     lines.append(f"Highest {auc_name}: {best} ({_num(top['auc'], 4)}, 95% CI "
                  f"{_num(top['auc_low'], 4)}–{_num(top['auc_high'], 4)}).")
@@ -377,9 +377,9 @@ def _figures(entries: list[Entry], record: dict, out: Path) -> list[page.Figure]
                          if binary else " (the most probable class)."
                          )),
         page.Figure(figures.save(figures.validation_curves(
-            histories, "AUC" if binary else "macro AUC"), out / "validation.png"),
+            histories, Task(classes).metric), out / "validation.png"),
                       "Validation curves",
-                      "Validation " + ("AUC" if binary else "macro AUC") + " per epoch "
+                      f"Validation {Task(classes).metric} per epoch "
                       "(counted over both phases), the mean over the compared folds; a "
                       "backbone trained from scratch has no frozen phase."),
     ]

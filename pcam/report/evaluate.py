@@ -41,6 +41,7 @@ from pcam.report.source import (POOLED, TEST, Source, check_labels, label_region
                                 submission_source)
 from pcam.runs import prob_columns, probabilities
 from pcam.settings import EvaluateSettings, to_dict
+from pcam.task import Task
 
 
 def evaluate(settings: EvaluateSettings) -> dict:
@@ -171,7 +172,7 @@ def _record(source: Source, results: dict, settings: EvaluateSettings, **extra) 
         "title": source.title,
         "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "classes": list(source.classes),
-        "task": "binary" if source.binary else "multiclass",
+        "task": Task(source.classes).kind,
         **extra,
         "groups": results,
         "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else None,
@@ -199,7 +200,7 @@ def _binary_report(source: Source, out: Path, settings: EvaluateSettings):
                 if settings.target_sensitivity else "maximising Youden's J")
         where = ("pooled out-of-fold predictions" if source.oof is not None
                  else "these test tiles")
-    results = {name: metrics.evaluate(frame["label"], frame["prob"], threshold,
+    results = {name: metrics.evaluate(frame["label"], frame["prob"], source.classes, threshold,
                                       resamples=settings.bootstrap)
                for name, frame in source.groups.items()}
     main = _main(results)
@@ -236,8 +237,8 @@ def _binary_report(source: Source, out: Path, settings: EvaluateSettings):
 
 def _multiclass_report(source: Source, out: Path, settings: EvaluateSettings):
     classes = source.classes
-    results = {name: metrics.evaluate_multiclass(frame["label"], probabilities(frame, classes),
-                                                 classes, resamples=settings.bootstrap)
+    results = {name: metrics.evaluate(frame["label"], probabilities(frame, classes), classes,
+                                      resamples=settings.bootstrap)
                for name, frame in source.groups.items()}
     main = _main(results)
     balanced = [m["balanced_accuracy"] for name, m in results.items()

@@ -30,6 +30,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pcam.io import atomic_path
 from pcam.metrics import auc
+from pcam.task import Task
 
 DPI = 110  # a 6.4-inch-wide figure is 704 px: sharp in a browser, ~50 KB
 POOLED = "pooled"  # the group name of all predictions together
@@ -149,7 +150,7 @@ def class_sensitivity(per_class: list[dict], title: str) -> Figure:
     mean of the bars is the balanced accuracy, drawn as a dashed line.
 
     Args:
-        per_class: ``multiclass_metrics(...)["per_class"]``.
+        per_class: ``task_metrics(...)["per_class"]`` (K classes).
     """
     k = len(per_class)
     names = [short_name(m["class"], 16) for m in per_class]
@@ -422,7 +423,7 @@ def roc_comparison(curves: dict[str, tuple], classes: Sequence[str],
             rates = [np.interp(grid, *roc_curve(labels == c, probs[:, c])[:2])
                      for c in range(len(classes)) if 0 < (labels == c).sum() < len(labels)]
             fpr, tpr = grid, np.mean(rates, axis=0) if rates else np.full_like(grid, np.nan)
-        ax.plot(fpr, tpr, lw=1.8, label=f"{name} ({'AUC' if binary else 'macro AUC'} "
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} ({Task(tuple(classes)).metric} "
                                         f"{aucs.get(name, float('nan')):.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
     if binary:

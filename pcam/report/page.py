@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pcam.runs import LEGACY_CLASSES
+from pcam.task import Task
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
@@ -175,7 +176,7 @@ def _class_table(per_class: list[dict]) -> str:
 def _fold_spread(record: dict) -> str:
     if record.get("fold_auc_std") is None:
         return ""
-    what = "Fold macro AUC" if record.get("task") == "multiclass" else "Fold AUC"
+    what = f"Fold {_task(record).metric}"
     text = f"{what}: mean {record['fold_auc_mean']:.4f} ± {record['fold_auc_std']:.4f}"
     if record.get("fold_balanced_accuracy_std") is not None:
         text += (f"; balanced accuracy: mean {record['fold_balanced_accuracy_mean']:.4f} ± "
@@ -244,7 +245,7 @@ def compare_page(record: dict, images: list[Figure]) -> str:
         f"<table><tr><th>backbone</th>{head}</tr>{''.join(rows)}</table>",
         '<p class="meta">' + e(
             f"Each backbone's pooled out-of-fold predictions on the same tiles; the best "
-            f"{'AUC' if binary else 'macro AUC'} in bold. 95% CI: percentile bootstrap over "
+            f"{_task(record).metric} in bold. 95% CI: percentile bootstrap over "
             f"tiles ({record['bootstrap']:,} resamples). Δ vs best: this backbone's AUC minus "
             "the best's, with a paired bootstrap interval (the same resampled tiles for both "
             "models); when it includes 0 the difference is not distinguishable from noise. "
@@ -292,7 +293,7 @@ def _compare_columns(record: dict) -> list[tuple[str, str, str]]:
     return columns + [("parameters", "parameters", "{:,}"),
                       ("seconds_per_epoch", "training s / epoch", "{:.1f}"),
                       ("tiles_per_second", "prediction tiles / s", "{:,.0f}"),
-                      ("delta", f"Δ {'AUC' if binary else 'macro AUC'} vs best, paired 95% CI",
+                      ("delta", f"Δ {_task(record).metric} vs best, paired 95% CI",
                        "{}")]
 
 
@@ -332,3 +333,8 @@ def _recall_table(record: dict) -> str:
                         else f"<td>{_fmt(v, '{:.3f}')}</td>" for v in values)
         rows.append(f"<tr><td>{e(c)}</td>{cells}</tr>")
     return f'<table class="classes"><tr><th>class</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _task(record: dict) -> Task:
+    """The task of a report's or a comparison's record (its classes)."""
+    return Task(tuple(record.get("classes") or LEGACY_CLASSES))  # metrics.json before classes

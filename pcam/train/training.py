@@ -518,7 +518,7 @@ def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
     atomic_write_text(FoldDir(fold_dir).oof, oof.to_csv(index=False))
     result = metrics.task_metrics(oof["label"], probs, classes)
     atomic_write_json(FoldDir(fold_dir).metrics, result)
-    print(f"fold {k}: validation {'AUC' if len(classes) == 2 else 'macro AUC'} "
+    print(f"fold {k}: validation {task.Task(classes).metric} "
           f"{result['auc']:.4f}", flush=True)
     return result
 
