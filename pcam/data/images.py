@@ -227,7 +227,7 @@ def _decode_tiff(fh: BinaryIO) -> tuple[np.ndarray | None, str]:
             photometric = page.photometric
             bits = page.bitspersample
             colormap = page.colormap if photometric == tifffile.PHOTOMETRIC.PALETTE else None
-    except Exception as err:
+    except Exception as err:  # tifffile/imagecodecs raise many types for broken files
         return None, f"cannot be decoded as TIFF ({_reason(err)})"
     # Fast path: what the competition's tiles are (8-bit RGB, contiguous).
     if (image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and not planar
@@ -290,7 +290,7 @@ def _decode_pillow(fh: BinaryIO, head: bytes) -> tuple[np.ndarray | None, str]:
                     return _decode_png16(fh)
                 im.load()
                 return _pillow_to_rgb8(im, fmt)
-    except Exception as err:
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ...
         return None, _pillow_problem(err, f"cannot be decoded as {fmt}")
 
 
@@ -349,7 +349,7 @@ def _decode_png16(fh: BinaryIO) -> tuple[np.ndarray | None, str]:
     fh.seek(0)
     try:
         image = imagecodecs.png_decode(fh.read())
-    except Exception as err:
+    except Exception as err:  # imagecodecs raises its own error types
         return None, f"cannot be decoded as PNG ({_reason(err)})"
     return _to_rgb8(image, "PNG")
 
@@ -394,7 +394,7 @@ def _probe_tiff(fh: BinaryIO) -> tuple[tuple[int, int] | None, str]:
             page = tif.pages.first
             size = (int(page.imagelength), int(page.imagewidth))
             dtype = page.dtype  # from the tags; no pixels are read
-    except Exception as err:
+    except Exception as err:  # tifffile raises many types for broken files
         return None, f"cannot be decoded as TIFF ({_reason(err)})"
     if dtype is not None and dtype.kind == "f":
         return None, f"is a {dtype.itemsize * 8}-bit float TIFF; convert it to 8- or 16-bit RGB"
@@ -408,7 +408,7 @@ def _probe_pillow(fh: BinaryIO) -> tuple[tuple[int, int] | None, str]:
             with Image.open(fh) as im:  # lazy: reads the header only
                 width, height = im.size
                 mode, fmt = im.mode, im.format or "image"
-    except Exception as err:
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ...
         return None, _pillow_problem(err, "cannot be read as an image")
     if mode == "F":
         return None, f"is a 32-bit float {fmt}; convert it to 8- or 16-bit RGB"

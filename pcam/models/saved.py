@@ -26,6 +26,8 @@ def load_fold_model(path: Path, remedy: str | None = None):
     """
     import keras
 
+    # Registers the custom layers a model file may hold (the colour/stain
+    # layer; pcam's preprocessing and CoAtNet's attention).
     import pcam.data.augment
     import pcam.models.registry  # noqa: F401
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot is imported: no display on servers and in CI
 
 import matplotlib.pyplot as plt
 import numpy as np

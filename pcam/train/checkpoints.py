@@ -71,7 +71,7 @@ def _close_h5(path: Path) -> None:
                 # anyway), so that the flush of a few KiB fits.
                 os.truncate(path, 0)
                 fid.close()
-        except Exception:
+        except Exception:  # best effort: the write has failed already
             pass
 
 
@@ -155,7 +155,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._load_model()
-        except Exception as err:
+        except Exception as err:  # h5py raises OSError, RuntimeError, KeyError...
             for variable, value in saved:
                 variable.assign(value)
             self.model._initial_epoch = 0
@@ -221,7 +221,7 @@ def load_weights(model, path: Path, fold_dir: Path) -> None:
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         try:
             model.load_weights(path)
-        except Exception as err:
+        except Exception as err:  # zipfile, h5py and Keras each raise their own
             raise PcamError(
                 f"{path} cannot be read ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else 'no detail'}); the fold's best "
