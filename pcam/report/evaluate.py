@@ -33,7 +33,7 @@ import pandas as pd
 from pcam import locks, metrics
 from pcam.data.store import Store
 from pcam.errors import PcamError
-from pcam.io import atomic_write_json, atomic_write_text
+from pcam.io import atomic_write_json, atomic_write_text, check_writable
 from pcam.places import resolve_run
 from pcam.report import figures, page
 from pcam.report.galleries import binary_galleries, figure, multiclass_galleries
@@ -137,11 +137,7 @@ def _check(settings: EvaluateSettings) -> None:
 
 def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
     """Metrics, figures, ``metrics.json`` and ``index.html`` into ``out``."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PcamError(f"cannot write the report to {out}: {err.strerror}; choose another "
-                        "--out") from None
+    check_writable(out / "index.html")
     earlier = _earlier_report(out)
     if source.binary:
         record, images = _binary_report(source, out, settings)

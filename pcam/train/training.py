@@ -41,7 +41,8 @@ from pcam.data.pipeline import eval_dataset, train_dataset
 from pcam.data.sources import Source, read_source
 from pcam.data.store import Store, is_current, open_store, prepare
 from pcam.errors import PcamError
-from pcam.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from pcam.io import (atomic_write_json, atomic_write_text, cannot_write, check_writable,
+                     remove_stale_temporaries)
 from pcam.models.freeze import count_trainable_weights, set_backbone_trainable
 from pcam.models.registry import create_model, default_image_size, get_backbone
 from pcam.models.saved import load_fold_model
@@ -191,11 +192,7 @@ def _built_store(data: DataSettings) -> Store:
 
 def _run_lock(run_dir: Path):
     """The run's lock, in a run folder made here if need be; waits for its holder."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
-                        "choose another --runs-dir") from None
+    check_writable(run_dir / "config.json", "--runs-dir")
     return locks.exclusive(run_dir, f"run {run_dir}", wait=True)
 
 
@@ -236,8 +233,7 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
         to_json(settings, config)
         atomic_write_text(RunDir(run_dir).folds, folds.to_csv(index=False))
     except OSError as err:
-        raise PcamError(f"cannot write the run directory {run_dir}: {err.strerror}; "
-                        "choose another --runs-dir") from None
+        raise cannot_write(run_dir, err, "--runs-dir") from None
     return folds
 
 
