@@ -66,6 +66,7 @@ def tiny_run(layout_cache, tmp_path_factory):
     300-tile layout, with its report; shared by the tests that read runs."""
     from pcam.settings import (DataSettings, FoldSettings, InputSettings, ModelSettings,
                                RunSettings, TrainSettings)
+    from pcam.report.evaluate import report_run
     from pcam.train.training import run_cv
 
     tmp = tmp_path_factory.mktemp("tiny-run")
@@ -76,6 +77,7 @@ def tiny_run(layout_cache, tmp_path_factory):
         model=ModelSettings(backbone="simple-cnn", weights="none"),
         train=TrainSettings(epochs_frozen=1, epochs_finetune=1))
     run_cv(settings)
+    report_run(settings.run_dir)  # as scripts/train.py does once training returns
     return settings
 
 
