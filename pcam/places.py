@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 
 from pcam.errors import PcamError
+from pcam.io import pid_alive, temporary_name, temporary_pid
 
 STORES = Path("stores")
 LEGACY_STORE = "store"  # DATA_DIR/store/, where pcam 0.1 put every store
@@ -151,7 +152,11 @@ def writable_run(run_dir: Path, runs_dir: Path) -> Path:
     if copy.exists():
         raise PcamError(f"run {run_dir} cannot be written, and {copy}, where it would be "
                         "copied to resume, is taken; pass --runs-dir with another folder")
-    tmp = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+    for stale in runs_dir.glob(f".{copy.name}.tmp-*"):  # copies of processes killed midway
+        pid = temporary_pid(stale.name)
+        if pid is not None and not pid_alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = temporary_name(copy)
     shutil.copytree(run_dir, tmp, ignore=shutil.ignore_patterns(".pcam.lock"))
     os.replace(tmp, copy)
     print(f"run {run_dir} cannot be written (an input of an earlier session?): copied to "

@@ -320,8 +320,11 @@ def test_a_read_only_run_resumes_in_a_copy(tmp_path, small_disk):
     (run / "fold_0" / "metrics.json").write_text("{}")
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
     runs = tmp_path / "runs"
+    killed = runs / ".r.tmp-999999999"  # a copy whose process was killed midway
+    (killed / "fold_0").mkdir(parents=True)
     copy = places.writable_run(run, runs)
     assert copy == runs / "r" and listing(copy) == listing(run)
+    assert not killed.exists()
     (copy / "fold_1").mkdir()  # resumed there; asked again, the copy is kept
     assert places.writable_run(run, runs) == copy and (copy / "fold_1").is_dir()
     assert places.writable_run(copy, runs) == copy
