@@ -229,3 +229,36 @@ def test_a_partial_answer_key_is_said_and_a_replaced_report_too(tiny_run, tmp_pa
     written = json.loads((tmp_path / "sub-report" / "metrics.json").read_text())["written"]
     evaluate(settings)
     assert f"(replaces the earlier report, written {written})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("classes", [("Normal", "OSCC"), ("a", "b", "c")])
+def test_scored_predictions_are_reported_from_the_csv_predict_wrote(tmp_path, classes):
+    """predict.py --answers writes a CSV (path, predicted, label, one column per class);
+    the command then reports it (pcam.report.evaluate.report_labelled)."""
+    from pcam.report.evaluate import report_labelled
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % len(classes)
+    probs = rng.dirichlet(np.ones(len(classes)), 60)
+    probs[np.arange(60), labels] += 0.5  # better than chance, not perfect
+    probs /= probs.sum(axis=1, keepdims=True)
+    for c in classes:
+        (tmp_path / c).mkdir()
+    paths = [tmp_path / classes[y] / f"{i}.png" for i, y in enumerate(labels)]
+    for path in paths:
+        Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(path)
+    table = pd.DataFrame({"path": [str(p) for p in paths],
+                          "predicted": [classes[k] for k in probs.argmax(axis=1)],
+                          "label": [classes[y] for y in labels]})
+    for k, c in enumerate(classes):
+        table[c] = probs[:, k]
+    csv = tmp_path / "scored.csv"
+    table.to_csv(csv, index=False, float_format="%.6g")
+    record = {"classes": list(classes), "threshold": 0.5 if len(classes) == 2 else None,
+              "labelled": {"csv": str(csv), "report": str(tmp_path / "scored-report"),
+                           "title": "test images"}}
+    report = report_labelled(record, EvaluateSettings(bootstrap=20, gallery=2))
+    expected = (roc_auc_score(labels, probs[:, 1]) if len(classes) == 2
+                else roc_auc_score(labels, probs, multi_class="ovr"))
+    assert report["groups"]["test"]["auc"] == pytest.approx(expected, abs=1e-4)
+    assert (tmp_path / "scored-report" / "index.html").is_file()

@@ -115,7 +115,8 @@ def report_labelled(record: dict, settings: EvaluateSettings | None = None) -> d
     scored, classes = record["labelled"], tuple(record["classes"])
     table = pd.read_csv(scored["csv"], dtype={"path": str, "label": str})
     frame = pd.DataFrame({"id": table["path"], "label": [classes.index(c) for c in table["label"]]})
-    frame[prob_columns(classes)] = table[list(classes)].to_numpy()
+    probs = table[list(classes)].to_numpy()  # one column per class, as the CSV has them
+    frame[prob_columns(classes)] = probs[:, 1:] if len(classes) == 2 else probs
     return report_predictions(frame, classes, Path(scored["report"]), scored["title"],
                               settings or EvaluateSettings(), threshold=record["threshold"])
 
