@@ -140,3 +140,26 @@ def test_kather_class_map_majority_agrees_with_the_tiles(kather_run):
     agree = (majority == own).mean()
     assert len(set(own)) >= 3, "the model answers one class everywhere: too weak to test with"
     assert agree >= 0.8, (agree, majority, own)
+
+
+def test_a_model_of_resized_images_maps_windows_at_their_scale(run, mosaic):
+    """Images that were resized at ingest (e.g. 224 px made 128 px tiles) are mapped with
+    windows of their own side, each made a tile: the mosaic at twice the size, with a
+    model.json that says its tiles were made from 192 px images, gives the map of the
+    mosaic itself (the same windows, the same answers)."""
+    import dataclasses
+
+    from pcam.explain.heatmap import heat_map
+    from pcam.predict.ensemble import load_ensemble
+
+    image = mosaic[0][:4 * 96, :4 * 96]  # 4 x 4 tiles: enough windows, quick
+    ensemble = load_ensemble(run, [0])
+    info = ensemble[0][1]
+    assert info.window == 96
+    plain = heat_map(ensemble, image, info, stride=32)
+    large = np.asarray(Image.fromarray(image).resize((8 * 96, 8 * 96), Image.BICUBIC))
+    scaled = heat_map(ensemble, large, dataclasses.replace(info, source_side=192), stride=64)
+    assert scaled.tile == 192 and scaled.grid.shape == plain.grid.shape
+    np.testing.assert_array_equal(scaled.ys, 2 * plain.ys)
+    assert np.abs(scaled.grid - plain.grid).mean() < 0.03, np.abs(scaled.grid - plain.grid).max()
+    assert scaled.pixels.shape == large.shape[:2]

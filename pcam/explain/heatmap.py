@@ -42,7 +42,8 @@ class HeatMap:
     Attributes:
         classes: class names in label order.
         positive: index of the class a two-class map shows (1), or -1 for K classes.
-        tile: side of the windows, in image pixels (the model's tile size).
+        tile: side of the windows, in image pixels (``ModelInfo.window``: what one
+            tile was made from in training; the tile size unless images were resized).
         stride: pixels between neighbouring windows.
         footprint: side of the centre square of a window its answer is spread over.
         ys: top rows of the window grid's rows, (R,).
@@ -125,32 +126,26 @@ def heat_map(ensemble: Sequence, image: np.ndarray, info, stride: int | None = N
         PcamError: the image is smaller than a tile, or the stride is not
             between 1 and the tile size.
     """
-    from pcam.predict.ensemble import predict_tiles
-    from pcam.settings import AugmentSettings
-
     image = np.asarray(image)
-    tile = info.tile_size
+    # Windows at the training scale: a model whose 224 px images were made
+    # 128 px tiles sees 224 px of an image per tile (ModelInfo.window), each
+    # window resized to the tile as the store resized the images.
+    tile = info.window
     stride = stride or max(1, tile // 3)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise PcamError(f"a heat map needs an RGB uint8 image, got {image.shape} {image.dtype}")
     height, width = image.shape[:2]
     if height < tile or width < tile:
         raise PcamError(f"image of {width}x{height} px is smaller than the model's "
-                        f"{tile}x{tile} tile: predict it as one tile instead")
+                        f"{tile}x{tile} px window: predict it as one tile instead")
     if not 1 <= stride <= tile:
-        raise PcamError(f"--stride {stride}: must be from 1 to the tile size ({tile})")
+        raise PcamError(f"--stride {stride}: must be from 1 to the window's side ({tile} px)")
     ys, xs = window_starts(height, tile, stride), window_starts(width, tile, stride)
-    augment = AugmentSettings(centre_crop=info.centre_crop)
-    per_chunk = []
-    rows_per_chunk = max(1, CHUNK_WINDOWS // len(xs))
-    for r in range(0, len(ys), rows_per_chunk):
-        windows = cut_windows(image, ys[r:r + rows_per_chunk], xs, tile)
-        per_chunk.append(predict_tiles(ensemble, windows, views, augment, batch))
-    probs = np.concatenate(per_chunk)
-    grid = probs.reshape(len(ys), len(xs), *probs.shape[1:]).astype(np.float32)
+    grid = _window_probs(ensemble, image, (ys, xs), info, views, batch)
 
-    if region < 0:
-        region = info.label_region or max(1, tile // 3)
+    if region < 0:  # the label region is in tile pixels: in image pixels, scaled
+        region = (round(info.label_region * tile / info.tile_size) if info.label_region
+                  else max(1, tile // 3))
     footprint = min(tile, max(region or tile, stride))
     rows = _coverage(ys, height, tile, footprint)            # (R, H)
     cols = _coverage(xs, width, tile, footprint)             # (C, W)
@@ -162,6 +157,27 @@ def heat_map(ensemble: Sequence, image: np.ndarray, info, stride: int | None = N
             pixels = np.einsum("rh,rck,cw->hwk", rows, grid, cols, optimize=True) / count[..., None]
     return HeatMap(tuple(info.classes), 1 if info.binary else -1, tile, stride, footprint,
                    ys, xs, grid, pixels.astype(np.float32))
+
+
+def _window_probs(ensemble: Sequence, image: np.ndarray, starts: tuple, info, views,
+                  batch: int) -> np.ndarray:
+    """The ensemble's answer for every window of the grid (rows, columns[, K]),
+    in chunks of rows: the windows of a large image are never all in memory."""
+    from pcam.data.images import to_tile
+    from pcam.predict.ensemble import predict_tiles
+    from pcam.settings import AugmentSettings
+
+    ys, xs = starts
+    augment = AugmentSettings(centre_crop=info.centre_crop)
+    per_chunk = []
+    rows_per_chunk = max(1, CHUNK_WINDOWS // len(xs))
+    for r in range(0, len(ys), rows_per_chunk):
+        windows = cut_windows(image, ys[r:r + rows_per_chunk], xs, info.window)
+        if info.window != info.tile_size:
+            windows = np.stack([to_tile(w, info.tile_size) for w in windows])
+        per_chunk.append(predict_tiles(ensemble, windows, views, augment, batch))
+    probs = np.concatenate(per_chunk)
+    return probs.reshape(len(ys), len(xs), *probs.shape[1:]).astype(np.float32)
 
 
 def centre_means(heat: HeatMap, boxes: Sequence[tuple[int, int, int]]) -> np.ndarray:
@@ -274,10 +290,11 @@ def map_images(settings) -> list[dict]:
     ensemble = load_ensemble(run_dir, folds)
     info = ensemble[0][1]
     small = [f"{p} ({a.shape[1]}x{a.shape[0]})" for p, a in images
-             if min(a.shape[:2]) < info.tile_size]
+             if min(a.shape[:2]) < info.window]
     if small:
-        raise PcamError(f"smaller than the run's {info.tile_size} px tile: {', '.join(small[:3])}"
-                        "; predict such images with scripts/predict.py --images")
+        raise PcamError(f"smaller than the run's {info.window} px window (what one tile was "
+                        f"made from): {', '.join(small[:3])}; predict such images with "
+                        "scripts/predict.py --images")
     records, stems = [], set()
     for path, image in images:
         heat = heat_map(ensemble, image, info, settings.stride or None,
