@@ -293,7 +293,7 @@ def page() -> None:  # pragma: no cover - run by streamlit (tested through AppTe
     cams = [attempt(_explained, run, folds, target, key, _image=image)
             for key, image in zip(keys, images)]
     maps = [attempt(_heat_map, run, folds, views, key, name, _image=image)
-            if min(image.shape[:2]) > info.tile_size else None
+            if min(image.shape[:2]) > info.window else None  # larger than a training image
             for key, name, image in zip(keys, names, images)]
 
     table = with_areas(probability_table(names, answers.probs, info.classes, info.threshold),
