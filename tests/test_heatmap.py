@@ -119,9 +119,10 @@ def kather_run(tmp_path_factory):
 
 
 def test_kather_class_map_majority_agrees_with_the_tiles(kather_run):
-    """A 4x4 mosaic of held-out Kather tiles (the 6 images a class not trained
-    on), 48 px: the class map's majority over each tile's cell is the model's
-    answer on that tile alone."""
+    """A 4x4 mosaic of held-out Kather images (the 6 images a class not trained
+    on), at their own 150 px (the run made them 48 px tiles, so its windows are
+    150 px, each made a tile): the class map's majority over each image's cell
+    is the model's answer on that image alone."""
     from pcam.explain.heatmap import heat_map
     from pcam.predict.ensemble import as_tiles, load_ensemble, predict_tiles
 
@@ -129,13 +130,16 @@ def test_kather_class_map_majority_agrees_with_the_tiles(kather_run):
     info = ensemble[0][1]
     files = [sorted(folder.iterdir())[24 + k % 6] for k, folder in
              enumerate(sorted(KATHER.iterdir()) * 2)]
-    tiles = as_tiles([decode_image(f)[0] for f in files], 48)
-    image = tiles.reshape(4, 4, 48, 48, 3).transpose(0, 2, 1, 3, 4).reshape(192, 192, 3)
-    heat = heat_map(ensemble, image, info, stride=12)
-    assert heat.pixels.shape == (192, 192, 8) and not heat.binary
+    sources = np.stack([decode_image(f)[0] for f in files])
+    side = sources.shape[1]
+    assert info.window == side == 150
+    image = sources.reshape(4, 4, side, side, 3).transpose(0, 2, 1, 3, 4)
+    image = image.reshape(4 * side, 4 * side, 3)
+    heat = heat_map(ensemble, image, info, stride=side // 4)
+    assert heat.pixels.shape == (4 * side, 4 * side, 8) and not heat.binary
     np.testing.assert_allclose(heat.pixels.sum(axis=-1), 1, atol=1e-4)
-    own = predict_tiles(ensemble, tiles, (0,)).argmax(axis=1)
-    cells = heat.class_map.reshape(4, 48, 4, 48).transpose(0, 2, 1, 3).reshape(16, -1)
+    own = predict_tiles(ensemble, as_tiles(list(sources), 48), (0,)).argmax(axis=1)
+    cells = heat.class_map.reshape(4, side, 4, side).transpose(0, 2, 1, 3).reshape(16, -1)
     majority = np.array([np.bincount(c, minlength=8).argmax() for c in cells])
     agree = (majority == own).mean()
     assert len(set(own)) >= 3, "the model answers one class everywhere: too weak to test with"
