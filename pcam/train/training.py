@@ -315,8 +315,8 @@ def run_fold(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
     steps = max(1, len(train_pos) // inputs.batch_size)
     print(f"fold {k}: {len(train_pos):,} train / {len(val_pos):,} validation tiles, "
           f"{replicas} replica(s), global batch {inputs.batch_size}", flush=True)
-    if small_data_warning(len(train_pos), inputs.batch_size):
-        print(small_data_warning(len(train_pos), inputs.batch_size), flush=True)
+    if warning := small_data_warning(len(train_pos), inputs.batch_size):
+        print(warning, flush=True)
 
     model = _new_model(settings, num_classes, store.tile_size, model_augment, strategy)
     # BatchNorm keeps its pretrained statistics when fine-tuning (see
