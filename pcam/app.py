@@ -195,10 +195,7 @@ def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
     # K classes: each image's own predicted class by default, as explain.py does.
     index = None if target == PREDICTED else info.classes.index(target)
     heat, probs = gradcam(loaded.explain, fed, index)
-    if info.binary:
-        p_target = float(probs[0]) if index == 1 else 1 - float(probs[0])
-    else:
-        p_target = float(np.max(probs[0]) if index is None else probs[0][index])
+    p_target = float(np.max(probs[0]) if index is None else probs[0][index])
     picture = explanation_panels(fed[0], heat[0], info.label_region, side=PANEL)
     return png(picture), p_target, float(heat[0].max())
 

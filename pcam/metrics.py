@@ -1,8 +1,11 @@
 """Metric functions shared by validation, out-of-fold reports and the CV summary.
 
-Two-class tasks (PCam, or any pair of class folders) are scored from the
-probability of class 1; K-class tasks from (N, K) probabilities, predicting
-the most probable class. ``task_metrics`` picks the right one.
+Probabilities are (N, K), as everywhere inside pcam (``pcam.task``); for
+two classes (N,) of class 1 is taken too. Two-class tasks (PCam, or any pair
+of class folders) are scored from the probability of class 1 and a
+threshold; K-class tasks from all K columns, predicting the most probable
+class. ``task_metrics`` and ``evaluate`` pick the right one; ``bootstrap_auc``
+and ``paired_bootstrap_auc`` go by the number of columns.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def cv_summary(per_fold: dict[int, dict], oof_labels, oof_probs, classes=None) -
     Args:
         per_fold: each fold's ``metrics.json`` (``task_metrics``), by fold number.
         oof_labels: the pooled out-of-fold labels.
-        oof_probs: their probabilities: (N,) for two classes, (N, K) for K.
+        oof_probs: their (N, K) probabilities (two classes: also (N,) of class 1).
         classes: the class names; None or two names keep the binary summary
             as it always was; K > 2 adds the balanced accuracies and
             summarises the pooled predictions with ``_multiclass_metrics``.
@@ -84,8 +87,8 @@ def format_cv(summary: dict) -> str:
 def bootstrap_auc(labels, probs, *, resamples: int = 1000, level: float = 0.95,
                   seed: int = 0) -> tuple[float, float]:
     """A percentile bootstrap interval for the ROC AUC: of two classes for
-    ``probs`` (N,) of class 1, the macro one-vs-rest AUC for (N, K)
-    (``_bootstrap_macro_auc``).
+    ``probs`` (N, 2) (or (N,) of class 1), the macro one-vs-rest AUC for
+    (N, K > 2) (``_bootstrap_macro_auc``).
 
     Each resample draws ``n`` tiles with replacement. Instead of re-sorting
     every resample, the scores are ranked once and a resample is a vector
@@ -97,10 +100,10 @@ def bootstrap_auc(labels, probs, *, resamples: int = 1000, level: float = 0.95,
     Returns:
         ``(low, high)``; NaNs when only one class is present.
     """
-    if np.ndim(probs) == 2:
+    if _columns(probs) > 2:
         return _bootstrap_macro_auc(labels, probs, resamples=resamples, level=level, seed=seed)
     labels = np.asarray(labels, np.int64)
-    probs = np.asarray(probs, np.float64)
+    probs = _binary_probs(probs)
     if len(np.unique(labels)) < 2:
         return float("nan"), float("nan")
     _, score_rank = np.unique(probs, return_inverse=True)
@@ -140,7 +143,7 @@ def choose_threshold(labels, probs, target_sensitivity: float = 0.0) -> float:
     labels = np.asarray(labels, np.int64)
     if len(np.unique(labels)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, probs)
+    fpr, tpr, thresholds = roc_curve(labels, _binary_probs(probs))
     # roc_curve's first threshold is +inf (nothing positive); never choose it.
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
     if target_sensitivity:
@@ -154,7 +157,7 @@ def threshold_metrics(labels, probs, threshold: float) -> dict:
     """Confusion counts and the rates derived from them, predicting positive
     when ``prob >= threshold``."""
     labels = np.asarray(labels, np.int64).astype(bool)
-    predicted = np.asarray(probs, np.float64) >= threshold
+    predicted = _binary_probs(probs) >= threshold
     tp = int((predicted & labels).sum())
     fp = int((predicted & ~labels).sum())
     fn = int((~predicted & labels).sum())
@@ -175,22 +178,30 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
 
 
-def _evaluate_binary(labels, probs, threshold: float, *, resamples: int, seed: int) -> dict:
+def _evaluate_binary(labels, probs, threshold: float, classes, *, resamples: int,
+                     seed: int) -> dict:
     """Everything the report shows for one set of predictions: AUC with its
-    bootstrap interval, log loss and the metrics at ``threshold``."""
+    bootstrap interval, log loss, the metrics at ``threshold``, and what K
+    classes have too: the 2 x 2 ``confusion`` counts (rows the true class),
+    ``balanced_accuracy`` and ``per_class`` (at the threshold)."""
     low, high = bootstrap_auc(labels, probs, resamples=resamples, seed=seed)
-    return {**_binary_metrics(labels, probs), "auc_low": low, "auc_high": high,
-            **threshold_metrics(labels, probs, threshold)}
+    at = threshold_metrics(labels, probs, threshold)
+    counts = np.array([[at["tn"], at["fp"]], [at["fn"], at["tp"]]])
+    value = auc(labels, _binary_probs(probs))  # one vs rest, either class: the same AUC
+    per_class = _per_class(counts, np.array([value, value]), classes)
+    return {**_binary_metrics(labels, probs), "auc_low": low, "auc_high": high, **at,
+            "balanced_accuracy": _nanmean([c["sensitivity"] for c in per_class]),
+            "per_class": per_class, "confusion": counts.tolist()}
 
 
 def evaluate(labels, probs, classes, threshold: float | None = None, *,
              resamples: int = 1000, seed: int = 0) -> dict:
     """Everything a report shows for one set of predictions of a task with ``classes``:
-    ``task_metrics`` with the AUC's bootstrap interval (``auc_low``, ``auc_high``); for two
-    classes (``probs`` (N,)) also the metrics at ``threshold``."""
+    ``task_metrics`` with the AUC's bootstrap interval (``auc_low``, ``auc_high``) and the
+    ``confusion`` counts; for two classes also the metrics at ``threshold``."""
     if len(classes) == 2:
-        return _evaluate_binary(labels, _binary_probs(probs), threshold, resamples=resamples,
-                                seed=seed)
+        return _evaluate_binary(labels, _binary_probs(probs), threshold, classes,
+                                resamples=resamples, seed=seed)
     return _evaluate_multiclass(labels, probs, classes, resamples=resamples, seed=seed)
 
 
@@ -200,8 +211,7 @@ def task_metrics(labels, probs, classes) -> dict:
     """The metrics of one set of predictions of a task with ``classes``.
 
     What a fold's ``metrics.json`` holds: ``_binary_metrics`` for two classes
-    (``probs`` (N,), the probability of ``classes[1]``), ``_multiclass_metrics``
-    for more (``probs`` (N, K)).
+    (of ``probs``' column of ``classes[1]``), ``_multiclass_metrics`` for more.
     """
     if len(classes) == 2:
         return _binary_metrics(labels, _binary_probs(probs))
@@ -234,35 +244,42 @@ def _multiclass_metrics(labels, probs, classes) -> dict:
     k, n = len(classes), len(labels)
     predicted = probs.argmax(axis=1)
     counts = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
-    tp = np.diag(counts).astype(np.float64)
     support, called = counts.sum(axis=1), counts.sum(axis=0)
-    fp, fn = called - tp, support - tp
-    tn = n - tp - fp - fn
-    precision = _rates(tp, tp + fp)
-    sensitivity = _rates(tp, tp + fn)
-    specificity = _rates(tn, tn + fp)
-    f1 = _rates(2 * tp, 2 * tp + fp + fn)
     aucs = np.array([auc(labels == c, probs[:, c]) for c in range(k)])
+    per_class = _per_class(counts, aucs, classes)
     expected = (support.astype(np.float64) @ called.astype(np.float64)) / n ** 2 if n else 0.0
-    observed = tp.sum() / n if n else float("nan")
+    observed = np.trace(counts) / n if n else float("nan")
     kappa = (observed - expected) / (1 - expected) if n and expected < 1 else float("nan")
     rows = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
     chosen = np.clip(rows[np.arange(n), labels], 1e-7, 1.0)
     return {
         "auc": _nanmean(aucs),
         "accuracy": float(observed),
-        "balanced_accuracy": _nanmean(sensitivity),
-        "macro_f1": _nanmean(f1),
+        "balanced_accuracy": _nanmean([c["sensitivity"] for c in per_class]),
+        "macro_f1": _nanmean([c["f1"] for c in per_class]),
         "kappa": float(kappa),
         "log_loss": float(-np.log(chosen).mean()) if n else float("nan"),
         "n": int(n),
-        "per_class": [{"class": str(name), "precision": float(precision[c]),
-                       "sensitivity": float(sensitivity[c]),
-                       "specificity": float(specificity[c]), "f1": float(f1[c]),
-                       "auc": float(aucs[c]), "support": int(support[c])}
-                      for c, name in enumerate(classes)],
+        "per_class": per_class,
         "confusion": counts.tolist(),
     }
+
+
+def _per_class(counts: np.ndarray, aucs: np.ndarray, classes) -> list[dict]:
+    """One dict per class from K x K confusion ``counts`` (rows the true
+    class) and the one-vs-rest ``aucs``: class, precision, sensitivity,
+    specificity, f1, auc, support; NaN where a rate has no denominator."""
+    n = counts.sum()
+    tp = np.diag(counts).astype(np.float64)
+    support, called = counts.sum(axis=1), counts.sum(axis=0)
+    fp, fn = called - tp, support - tp
+    tn = n - tp - fp - fn
+    precision, sensitivity = _rates(tp, tp + fp), _rates(tp, tp + fn)
+    specificity, f1 = _rates(tn, tn + fp), _rates(2 * tp, 2 * tp + fp + fn)
+    return [{"class": str(name), "precision": float(precision[c]),
+             "sensitivity": float(sensitivity[c]), "specificity": float(specificity[c]),
+             "f1": float(f1[c]), "auc": float(aucs[c]), "support": int(support[c])}
+            for c, name in enumerate(classes)]
 
 
 def _bootstrap_macro_auc(labels, probs, *, resamples: int = 1000, level: float = 0.95,
@@ -351,6 +368,11 @@ def _checked(labels, probs, classes) -> tuple[np.ndarray, np.ndarray]:
     return labels, probs
 
 
+def _columns(probs) -> int:
+    """Probability columns: 1 for (N,) input."""
+    return int(np.shape(probs)[1]) if np.ndim(probs) == 2 else 1
+
+
 def _binary_probs(probs) -> np.ndarray:
     """(N,) probabilities of class 1 from (N,), (N, 1) or (N, 2) input."""
     probs = np.asarray(probs, np.float64)
@@ -385,19 +407,19 @@ def paired_bootstrap_auc(labels, probs_a, probs_b, *, resamples: int = 1000,
 
     Args:
         labels: (N,) class indices.
-        probs_a, probs_b: the two models' probabilities, row i of each for the
-            same tile: (N,) of class 1 for two classes, (N, K) for K classes
-            (the macro AUCs: ``_paired_bootstrap_macro_auc``).
+        probs_a, probs_b: the two models' (N, K) probabilities, row i of each
+            for the same tile (two classes: also (N,) of class 1); for K > 2
+            the macro AUCs (``_paired_bootstrap_macro_auc``).
 
     Returns:
         ``(delta, low, high)``: the difference on all tiles and its interval;
         NaNs when only one class is present.
     """
-    if np.ndim(probs_a) == 2:
+    if _columns(probs_a) > 2:
         return _paired_bootstrap_macro_auc(labels, probs_a, probs_b, resamples=resamples,
                                            level=level, seed=seed)
     labels = np.asarray(labels, np.int64)
-    a, b = _paired(labels, probs_a, probs_b, 1)
+    a, b = _paired(labels, _binary_probs(probs_a), _binary_probs(probs_b), 1)
     if len(np.unique(labels)) < 2:
         return float("nan"), float("nan"), float("nan")
     rank_a = np.unique(a, return_inverse=True)[1].ravel()

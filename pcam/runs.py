@@ -199,8 +199,12 @@ class ModelInfo:
     source_side: int = 0
 
     @property
+    def task(self) -> Task:
+        return Task(tuple(self.classes))
+
+    @property
     def binary(self) -> bool:
-        return len(self.classes) == 2
+        return self.task.binary
 
     @property
     def window(self) -> int:
@@ -260,10 +264,9 @@ def prob_columns(classes: Sequence[str]) -> list[str]:
 
 
 def probabilities(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
-    """The probabilities of an OOF-style table: (N,) of class 1 for two
-    classes, (N, K) for K classes."""
-    values = frame[prob_columns(classes)].to_numpy(np.float64)
-    return values[:, 0] if Task(tuple(classes)).binary else values
+    """The (N, K) class probabilities of an OOF-style table (two classes: its
+    one ``prob`` column of class 1 and its complement)."""
+    return Task(tuple(classes)).from_columns(frame)
 
 
 def read_oof(run_dir: Path, folds: Sequence[int]) -> pd.DataFrame:

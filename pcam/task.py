@@ -8,8 +8,12 @@ per-class AUCs unweighted), accuracy and balanced accuracy. Either way the
 monitored metric is ``val_auc``, so checkpoints and early stopping need not
 know which; its name for people is ``Task.metric``.
 
-Outside files (CSV columns, the Kaggle ``label`` column, thresholds), two
-classes keep their one probability column, ``prob``, as PCam runs always had.
+Inside the library probabilities are (N, K) for both: a sigmoid's p becomes
+the two columns 1 - p and p where a model's output is read
+(``pcam.predict.tta``). Outside, in files (CSV columns, the Kaggle ``label``
+column, thresholds), two classes keep their one probability column, ``prob``,
+as PCam runs always had: ``Task.file_columns`` and ``Task.from_columns``
+cross that border.
 
 Nothing here imports TensorFlow at module level: reports read a ``Task`` and
 start quickly; the Keras parts are imported by the methods that build them.
@@ -65,8 +69,27 @@ class Task:
 
     def as_matrix(self, probs) -> np.ndarray:
         """Probabilities as (N, K) for either task ((N,) of class 1 for two classes)."""
-        probs = np.asarray(probs, np.float64)
-        return np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
+        return as_matrix(probs)
+
+    def file_columns(self, probs) -> np.ndarray:
+        """(N, K) probabilities as the files' ``prob_columns``: (N, 1) of class 1
+        for two classes, (N, K) for more."""
+        probs = self.as_matrix(probs)
+        return probs[:, 1:] if self.binary else probs
+
+    def from_columns(self, frame) -> np.ndarray:
+        """(N, K) probabilities from a table with the ``prob_columns``."""
+        return self.as_matrix(frame[self.prob_columns].to_numpy(np.float64)[:, -1]
+                              if self.binary else frame[self.prob_columns].to_numpy(np.float64))
+
+    def predict(self, probs, threshold: float = 0.5) -> np.ndarray:
+        """The predicted class of each row of (N, K) probabilities: for two
+        classes class 1 when its probability reaches ``threshold`` (chosen on
+        out-of-fold predictions), for more the most probable class."""
+        probs = self.as_matrix(probs)
+        if self.binary:
+            return (probs[:, 1] >= threshold).astype(np.int64)
+        return probs.argmax(axis=1)
 
     def encode(self, labels):
         """Label indices as the loss wants them (``encode_labels``)."""
@@ -77,6 +100,13 @@ class Task:
 
     def keras_metrics(self) -> list:
         return metrics(len(self.classes))
+
+
+def as_matrix(probs) -> np.ndarray:
+    """Probabilities as (N, K): (N,) of class 1 (a two-class file's ``prob``)
+    becomes the two columns 1 - p and p; (N, K) is kept."""
+    probs = np.asarray(probs, np.float64)
+    return np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
 
 
 def output_units(num_classes: int) -> int:

@@ -48,7 +48,7 @@ def library_probs(run: Path, blobs: list[bytes]) -> np.ndarray:
     images = [decode_bytes(b)[0] for b in blobs]
     tiles, owner = images_as_tiles(images, info.tile_size)
     return answer_images(predict_tiles(ensemble, tiles, TTA_VIEWS[8]), owner, len(images),
-                         info.threshold).probs
+                         info.threshold).probs[:, 1]
 
 
 def test_app_shows_the_library_numbers_and_skips_bad_files(run, tmp_path):

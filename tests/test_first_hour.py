@@ -183,7 +183,7 @@ def test_a_large_image_is_answered_as_the_tiles_that_cover_it():
     assert image_tiles(square[:90], 32, window=48).shape == (1, 32, 32, 3)
     # Two classes: the highest tile, and the share of tiles over the threshold.
     two = answer_images(np.array([0.2, 0.1, 0.9, 0.3, 0.1, 0.1, 0.6]), owner, 2, 0.5)
-    np.testing.assert_allclose(two.probs, [0.2, 0.9])
+    np.testing.assert_allclose(two.probs, [[0.8, 0.2], [0.1, 0.9]])
     np.testing.assert_allclose(two.areas[:, 1], [0, 2 / 6])
     assert list(two.tiles) == [1, 6]
     # K classes: the mean, and the share of tiles whose argmax each class is.

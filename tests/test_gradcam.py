@@ -34,7 +34,7 @@ def test_gradcam_peak_lies_on_the_only_signal_and_follows_it(marked_run):
     heat, moved_probs = gradcam(explain, np.stack([mark(t, BOTTOM_LEFT) for t in plain]), target=1)
     _, plain_probs = gradcam(explain, plain, target=1)
     assert auc([1] * len(marked) + [0] * len(marked),
-               np.concatenate([moved_probs, plain_probs])) > 0.95
+               np.concatenate([moved_probs, plain_probs])[:, 1]) > 0.95
     assert on_the_mark(heat, BOTTOM_LEFT) >= 0.9
 
 
@@ -68,7 +68,8 @@ def test_every_backbone_explains_with_its_last_conv_layer(small_models, name):
     heat, probs = gradcam(explain, tiles, target=None, batch_size=2)
     assert heat.shape == (3, 96, 96) and np.isfinite(heat).all()
     assert heat.min() >= 0 and heat.max() <= 1
-    np.testing.assert_allclose(probs, model.predict(tiles, verbose=0).ravel(), atol=1e-5)
+    np.testing.assert_allclose(probs[:, 1], model.predict(tiles, verbose=0).ravel(), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)  # (N, K) for two classes too
 
 
 def test_a_keras_cnn_from_elsewhere_is_explained_by_its_last_feature_map():
@@ -84,7 +85,8 @@ def test_a_keras_cnn_from_elsewhere_is_explained_by_its_last_feature_map():
     tiles = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3)).astype(np.uint8)
     heat, probs = gradcam(explain, tiles, target=1)
     assert heat.shape == (2, 96, 96)
-    np.testing.assert_allclose(probs, model.predict(tiles, verbose=0).ravel(), atol=1e-5)
+    np.testing.assert_allclose(probs[:, 1], model.predict(tiles, verbose=0).ravel(), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)  # (N, K) for two classes too
 
 
 def test_a_model_that_is_not_a_classifier_is_refused():

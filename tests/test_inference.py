@@ -117,8 +117,11 @@ def test_tta_prediction_is_the_mean_of_single_view_predictions(run, tiles):
         predictor = tta_predictor(model, views)
         # Two batches of different sizes: the reshape must keep each tile's own views.
         tta = predict_batches(predictor, [tiles[:5], tiles[5:]])
-        assert tta.shape == (16,) and tta.dtype == np.float32
-        np.testing.assert_allclose(tta, single[list(views)].mean(axis=0), atol=1e-5, err_msg=n)
+        # (N, K) for two classes too: the sigmoid's p and its complement.
+        assert tta.shape == (16, 2) and tta.dtype == np.float32
+        np.testing.assert_allclose(tta[:, 1], single[list(views)].mean(axis=0), atol=1e-5,
+                                   err_msg=n)
+        np.testing.assert_allclose(tta.sum(axis=1), 1, atol=1e-6)
     # A mean over a subgroup does not change when the tiles are turned by one of its views.
     all8 = tta_predictor(model, TTA_VIEWS[8])
     turned = predict_batches(all8, [view(tiles, 5)])

@@ -87,7 +87,7 @@ def ship(model_file: Path, layout: Path, command: str) -> dict:
     tiles = np.stack([tifffile.imread(layout / "test" / f"{i}.tif") for i in answers["id"]])
     model = load_fold_model(model_file)
     scored = {tta: float(auc(answers["label"], predict_tiles([(model, None)], tiles,
-                                                             TTA_VIEWS[tta])))
+                                                             TTA_VIEWS[tta])[:, 1]))
               for tta in (1, 8)}
     history = read_history(model_file.parent)
     out = SHIPPED["cpu-cnn"]

@@ -22,6 +22,7 @@ from pcam.io import atomic_write_text, cannot_write
 from pcam.report import figures, page
 from pcam.runs import RunDir
 from pcam.settings import DataSettings, ExplainSettings, RunSettings
+from pcam.task import Task
 
 
 @dataclass
@@ -201,18 +202,16 @@ def write(tiles: Tiles, heat: np.ndarray, probs: np.ndarray, chosen: Chosen,
     except OSError as err:
         raise cannot_write(out, err) from None
     how = f"Grad-CAM on {layer} ({map_shape[0]}x{map_shape[1]} feature map)"
-    full = np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
+    full = np.asarray(probs)  # (N, K) from gradcam for both tasks
+    predictions = Task(tuple(classes)).predict(full, info.threshold)
     rows, shown = [], []
     files = _file_names(tiles.names)
     for i in tqdm(range(len(tiles.names)), unit="tile", desc="explain",
                   disable=len(tiles.names) < 10):
         name, label = tiles.names[i], tiles.labels[i]
-        if info.binary:
-            predicted = int(full[i, 1] >= info.threshold)
-            said = f"p({classes[1]}) = {full[i, 1]:.3f}"
-        else:
-            predicted = int(full[i].argmax())
-            said = f"{classes[predicted]} (p = {full[i, predicted]:.3f})"
+        predicted = int(predictions[i])
+        said = (f"p({classes[1]}) = {full[i, 1]:.3f}" if info.binary
+                else f"{classes[predicted]} (p = {full[i, predicted]:.3f})")
         evidence_for = classes[predicted if target is None else target]
         found = heat[i].max() > 0
         peak = np.unravel_index(int(np.argmax(heat[i])), heat[i].shape) if found else (None, None)

@@ -31,6 +31,7 @@ import pandas as pd
 
 from pcam.data.images import cut_windows, window_starts
 from pcam.errors import PcamError
+from pcam.task import Task
 
 CHUNK_WINDOWS = 2048  # windows cut and predicted at once: 57 MB of 96 px uint8 tiles
 
@@ -64,8 +65,12 @@ class HeatMap:
     pixels: np.ndarray
 
     @property
+    def task(self) -> Task:
+        return Task(tuple(self.classes))
+
+    @property
     def binary(self) -> bool:
-        return len(self.classes) == 2
+        return self.task.binary
 
     @property
     def class_map(self) -> np.ndarray:
@@ -177,6 +182,8 @@ def _window_probs(ensemble: Sequence, image: np.ndarray, starts: tuple, info, vi
             windows = np.stack([to_tile(w, info.tile_size) for w in windows])
         per_chunk.append(predict_tiles(ensemble, windows, views, augment, batch))
     probs = np.concatenate(per_chunk)
+    if info.binary:  # a two-class map is p(class 1) per pixel (HeatMap.pixels)
+        probs = probs[:, 1]
     return probs.reshape(len(ys), len(xs), *probs.shape[1:]).astype(np.float32)
 
 

@@ -202,8 +202,9 @@ def predict_submission(settings: PredictSettings) -> dict:
     print(ensemble_line(members, views, settings.average), flush=True)
     per_run, index, bad = predict_test_sets(members, settings, views,
                                              "images to predict; pass --images")
+    # The competition's label column is the probability of class 1 (tumour).
     frame = pd.DataFrame({"id": index["id"].to_numpy(),
-                          "label": combine_runs(per_run, settings.average)})
+                          "label": combine_runs(per_run, settings.average)[:, 1]})
     record = {
         **runs_record(members, settings), "tta": settings.tta,
         "views": [VIEW_NAMES[k] for k in views], "average": settings.average,

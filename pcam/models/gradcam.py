@@ -114,8 +114,8 @@ def gradcam(explain: Explainer, tiles, target=None, batch_size: int = 32,
             the same numbers, several times slower for one tile).
 
     Returns:
-        ``(heat, probs)``: (N, H, W) float32 maps in 0..1, and the
-        probabilities: (N,) of class 1 for a one-unit model, else (N, K).
+        ``(heat, probs)``: (N, H, W) float32 maps in 0..1, and the (N, K)
+        class probabilities (a one-unit model's p as 1 - p and p).
     """
     tiles = np.asarray(tiles)
     units = explain.output.units
@@ -135,8 +135,8 @@ def gradcam(explain: Explainer, tiles, target=None, batch_size: int = 32,
         heat.append(h.numpy())
         probs.append(p.numpy())
     if not heat:
-        shape = (0,) if units == 1 else (0, units)
-        return np.zeros((0, *tiles.shape[1:3]), np.float32), np.zeros(shape, np.float32)
+        return (np.zeros((0, *tiles.shape[1:3]), np.float32),
+                np.zeros((0, n_classes), np.float32))
     return np.concatenate(heat), np.concatenate(probs)
 
 
@@ -173,7 +173,8 @@ def _batch(explain: Explainer, images, targets):
             wanted = tf.where(targets < 0, tf.cast(logit >= 0, tf.int64), targets)
             # Class 1's evidence is the logit; class 0's is its negation.
             score_per_tile = tf.where(tf.equal(wanted, 1), logit, -logit)
-            probs = tf.sigmoid(logit)
+            p = tf.sigmoid(logit)
+            probs = tf.stack([1 - p, p], axis=1)  # (N, K) for both tasks (pcam.task)
         else:
             wanted = tf.where(targets < 0, tf.argmax(logits, axis=-1), targets)
             score_per_tile = tf.gather(logits, wanted, batch_dims=1)

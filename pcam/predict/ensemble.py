@@ -272,7 +272,7 @@ def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = 
     """Class probabilities of uint8 tiles (N, S, S, 3) by an ensemble x TTA views.
 
     Returns:
-        (N,) probabilities of class 1 for a two-class run, (N, K) otherwise.
+        (N, K) class probabilities.
     """
     from pcam.data.augment import compose, eval_ops
 
@@ -285,5 +285,5 @@ def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = 
             predictor, (fed[i:i + step] for i in range(0, len(fed), step))))
     if not len(tiles):
         units = ensemble[0][0].output_shape[-1]
-        return np.zeros((0,) if units == 1 else (0, units), np.float32)
+        return np.zeros((0, max(units, 2)), np.float32)  # a sigmoid's one unit: two classes
     return combine(per_model, average)

@@ -25,6 +25,7 @@ from pcam.predict.ensemble import (ensemble_line, ensemble_name, ensemble_thresh
 from pcam.predict.tta import TTA_VIEWS, combine, combine_runs
 from pcam.runs import ModelInfo, RunDir, info_path, run_classes
 from pcam.settings import PredictSettings, to_dict
+from pcam.task import Task, as_matrix
 
 # --- images larger than a tile: answered as a set of tiles ---------------------------------
 
@@ -69,9 +70,9 @@ class ImageAnswers:
     """Images answered as sets of tiles.
 
     Attributes:
-        probs: per image, (N,) p(class 1) for two classes, its highest tile's
-            (is the positive class anywhere in it?); (N, K) otherwise, the
-            mean over its tiles.
+        probs: per image, (N, K) class probabilities: for two classes its
+            highest tile's p(class 1) (is the positive class anywhere in it?)
+            and its complement; for more the mean over its tiles.
         tiles: (N,) how many tiles each image was.
         areas: (N, K) the share of each image's tiles predicted as each class.
     """
@@ -83,16 +84,17 @@ class ImageAnswers:
 
 def answer_images(tile_probs: np.ndarray, owner: np.ndarray, n_images: int,
                   threshold: float) -> ImageAnswers:
-    """Tiles' probabilities (``predict_tiles`` of ``images_as_tiles``) as answers per image."""
-    tile_probs = np.asarray(tile_probs, np.float64)
+    """Tiles' (N, K) probabilities (``predict_tiles`` of ``images_as_tiles``) as
+    answers per image; ``threshold`` decides a two-class tile's class."""
+    tile_probs = as_matrix(tile_probs)
     tiles = np.bincount(owner, minlength=n_images)
-    if tile_probs.ndim == 1:
-        probs = np.full(n_images, -np.inf)
-        np.maximum.at(probs, owner, tile_probs)
-        positive = np.bincount(owner, weights=tile_probs >= threshold, minlength=n_images)
-        share = positive / np.maximum(tiles, 1)
-        return ImageAnswers(probs, tiles, np.stack([1 - share, share], axis=1))
     k = tile_probs.shape[1]
+    if k == 2:
+        top = np.full(n_images, -np.inf)
+        np.maximum.at(top, owner, tile_probs[:, 1])
+        positive = np.bincount(owner, weights=tile_probs[:, 1] >= threshold, minlength=n_images)
+        share = positive / np.maximum(tiles, 1)
+        return ImageAnswers(as_matrix(top), tiles, as_matrix(share))
     sums = np.zeros((n_images, k))
     np.add.at(sums, owner, tile_probs)
     votes = np.zeros((n_images, k))
@@ -111,18 +113,15 @@ def with_areas(table: pd.DataFrame, answers: ImageAnswers, classes: Sequence[str
 
 
 def predicted_classes(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[str]:
-    """Each image's class: ``classes[1]`` when p >= threshold (two classes), else the argmax."""
-    probs = np.asarray(probs)
-    if probs.ndim == 1:
-        return [classes[int(p >= threshold)] for p in probs]
-    return [classes[i] for i in probs.argmax(axis=1)]
+    """Each image's class (``Task.predict``): ``classes[1]`` when its
+    probability >= threshold (two classes), else the most probable."""
+    return [classes[i] for i in Task(tuple(classes)).predict(probs, threshold)]
 
 
 def probability_table(names, probs: np.ndarray, classes: Sequence[str],
                       threshold: float) -> pd.DataFrame:
     """``path``, ``predicted``, then one probability column per class (named by it)."""
-    probs = np.asarray(probs, np.float64)
-    full = np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
+    full = as_matrix(probs)
     table = pd.DataFrame({"path": [str(n) for n in names],
                           "predicted": predicted_classes(probs, classes, threshold)})
     for k, c in enumerate(classes):

@@ -46,9 +46,10 @@ VIEW_NAMES = ("identity", "flip left-right", "flip up-down", "rotate 180",
 # --- TTA -------------------------------------------------------------------------
 
 def tta_predictor(model, views: Sequence[int], batch_spec=None):
-    """A graph function: uint8 tiles (N, H, W, 3) -> float32 probabilities,
-    each the mean over the dihedral ``views`` (``pcam.data.augment.dihedral_view``):
-    (N,) of class 1 for a one-unit (two-class) model, (N, K) for a K-class one.
+    """A graph function: uint8 tiles (N, H, W, 3) -> float32 class probabilities
+    (N, K), each the mean over the dihedral ``views``
+    (``pcam.data.augment.dihedral_view``); a one-unit (two-class, sigmoid)
+    model's p gives the two columns 1 - p and p.
 
     The batch's views go through the model in one call of V*N images, so
     TTA x8 costs the model's compute for 8x the images and nothing more
@@ -130,7 +131,7 @@ def _tta_function(get_model, views: tuple, units: int):
         stacked = tf.concat([dihedral_view(images, k) for k in views], axis=0)  # view-major
         probs = tf.cast(get_model()(stacked, training=False), tf.float32)
         mean = tf.reduce_mean(tf.reshape(probs, [len(views), n, units]), axis=0)
-        return mean[:, 0] if units == 1 else mean
+        return tf.concat([1 - mean, mean], axis=1) if units == 1 else mean
 
     return predict
 
@@ -150,7 +151,7 @@ def predict_batches(predictor, batches: Iterable, total: int | None = None,
         for images in batches:
             out.append(np.asarray(predictor(images)))
             bar.update(len(out[-1]))
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def predict_store(model, store, views: Sequence[int], batch_images: int = 256,

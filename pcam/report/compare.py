@@ -203,24 +203,20 @@ def compare_runs(entries: list[Entry], *, bootstrap: int = 1000, speed_tiles: in
 
 def _quality(name: str, labels, probs, classes, bootstrap: int) -> tuple[dict, list]:
     """A run's row of quality figures on its OOF predictions, and its recall per class."""
-    if len(classes) == 2:
-        # Youden's J on the pooled OOF predictions: how the run's own
-        # report and its model.json choose the threshold.
-        threshold = metrics.choose_threshold(labels, probs)
-        m = metrics.evaluate(labels, probs, classes, threshold, resamples=bootstrap)
-        return ({"backbone": name, "auc": m["auc"], "auc_low": m["auc_low"],
-                 "auc_high": m["auc_high"], "accuracy": m["accuracy"],
-                 "balanced_accuracy": (m["sensitivity"] + m["specificity"]) / 2,
-                 "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                 "f1": m["f1"], "threshold": threshold},
-                [m["specificity"], m["sensitivity"]])
-    m = metrics.evaluate(labels, probs, classes, resamples=bootstrap)
+    task = Task(tuple(classes))
+    # Two classes: Youden's J on the pooled OOF predictions, how the run's own
+    # report and its model.json choose the threshold.
+    threshold = metrics.choose_threshold(labels, probs) if task.binary else None
+    m = metrics.evaluate(labels, probs, classes, threshold, resamples=bootstrap)
     recall = [c["sensitivity"] for c in m["per_class"]]
-    return ({"backbone": name, "auc": m["auc"], "auc_low": m["auc_low"],
-             "auc_high": m["auc_high"], "accuracy": m["accuracy"],
-             "balanced_accuracy": m["balanced_accuracy"],
-             **{f"recall_{c}": r for c, r in zip(classes, recall)}, "f1": m["macro_f1"]},
-            recall)
+    row = {"backbone": name, "auc": m["auc"], "auc_low": m["auc_low"],
+           "auc_high": m["auc_high"], "accuracy": m["accuracy"],
+           "balanced_accuracy": m["balanced_accuracy"]}
+    if task.binary:
+        return ({**row, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+                 "f1": m["f1"], "threshold": threshold}, recall)
+    return {**row, **{f"recall_{c}": r for c, r in zip(classes, recall)},
+            "f1": m["macro_f1"]}, recall
 
 
 def _paired_deltas(rows: list[dict], entries: list[Entry], best: str, classes,

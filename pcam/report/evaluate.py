@@ -36,7 +36,7 @@ from pcam.errors import PcamError
 from pcam.io import atomic_write_json, atomic_write_text, check_writable
 from pcam.places import resolve_run
 from pcam.report import figures, page
-from pcam.report.galleries import binary_galleries, figure, multiclass_galleries
+from pcam.report.galleries import figure, mistake_galleries
 from pcam.report.source import (POOLED, TEST, Source, check_labels, label_region, run_source,
                                 submission_source)
 from pcam.runs import prob_columns, probabilities
@@ -140,10 +140,7 @@ def write_report(source: Source, out: Path, settings: EvaluateSettings) -> dict:
     """Metrics, figures, ``metrics.json`` and ``index.html`` into ``out``."""
     check_writable(out / "index.html")
     earlier = _earlier_report(out)
-    if source.binary:
-        record, images = _binary_report(source, out, settings)
-    else:
-        record, images = _multiclass_report(source, out, settings)
+    record, images = _report(source, out, settings)
     atomic_write_json(out / "metrics.json", record)
     atomic_write_text(out / "index.html", page.html_page(record, images))
     for note in source.notes:  # e.g. an answer key covering part of the submission
@@ -164,7 +161,9 @@ def _earlier_report(out: Path) -> str | None:
 
 
 def _record(source: Source, results: dict, settings: EvaluateSettings, **extra) -> dict:
-    fold_aucs = [m["auc"] for name, m in results.items() if name.startswith("fold ")]
+    folds = [m for name, m in results.items() if name.startswith("fold ")]
+    fold_aucs = [m["auc"] for m in folds]
+    balanced = [m["balanced_accuracy"] for m in folds]
     return {
         "title": source.title,
         "written": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -174,6 +173,9 @@ def _record(source: Source, results: dict, settings: EvaluateSettings, **extra) 
         "groups": results,
         "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else None,
         "fold_auc_std": float(np.std(fold_aucs, ddof=1)) if len(fold_aucs) > 1 else None,
+        "fold_balanced_accuracy_mean": float(np.mean(balanced)) if balanced else None,
+        "fold_balanced_accuracy_std": float(np.std(balanced, ddof=1)) if len(balanced) > 1
+        else None,
         "notes": source.notes,
         "settings": to_dict(settings),
         "run_config": to_dict(source.config) if source.config else None,
@@ -184,92 +186,99 @@ def _main(results: dict) -> str:
     return POOLED if POOLED in results else TEST
 
 
-def _binary_report(source: Source, out: Path, settings: EvaluateSettings):
-    positive = source.classes[1]
-    if source.threshold is not None:
-        threshold = float(source.threshold)
-        rule, where = "the model's own", "run's pooled out-of-fold predictions"
+def _report(source: Source, out: Path, settings: EvaluateSettings):
+    """The record and the figures of a report, for two classes or K.
+
+    What the number of classes changes is the decision (two: a threshold on
+    p(positive), ``_threshold``; K: the most probable class), the headline
+    (``_headline``) and two figures (``_curves``); the rest is the same code.
+    """
+    task = Task(source.classes)
+    threshold = _threshold(source, settings) if task.binary else None
+    cut = threshold["value"] if threshold else None
+    results = {name: metrics.evaluate(frame["label"], probabilities(frame, task.classes),
+                                      task.classes, cut, resamples=settings.bootstrap)
+               for name, frame in source.groups.items()}
+    main = _main(results)
+    m = results[main]
+    if task.binary:
+        positive = task.classes[1]
+        extra = {"positive": positive, "threshold": threshold,
+                 "prediction": f"{positive} when p({positive}) ≥ {cut:.3f}"}
     else:
-        chosen_on = source.oof if source.oof is not None else source.groups[TEST]
-        threshold = metrics.choose_threshold(chosen_on["label"], chosen_on["prob"],
-                                             settings.target_sensitivity)
-        rule = (f"the highest with sensitivity ≥ {settings.target_sensitivity:g}"
-                if settings.target_sensitivity else "maximising Youden's J")
-        where = ("pooled out-of-fold predictions" if source.oof is not None
-                 else "these test tiles")
-    results = {name: metrics.evaluate(frame["label"], frame["prob"], source.classes, threshold,
-                                      resamples=settings.bootstrap)
-               for name, frame in source.groups.items()}
-    main = _main(results)
-    record = _record(source, results, settings, positive=positive,
-                     threshold={"value": threshold, "rule": rule, "chosen_on": where})
-    m = results[main]
-    print(f"{main}: AUC {m['auc']:.4f} (95% CI {m['auc_low']:.4f}-{m['auc_high']:.4f}); at "
-          f"threshold {threshold:.3f} ({rule}): sensitivity to {positive} "
-          f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f}, F1 {m['f1']:.3f}",
-          flush=True)
-    counts = [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
+        extra = {"prediction": "the most probable class (no threshold)"}
+    record = _record(source, results, settings, **extra)
+    print(f"{main}: {_headline(task, m, threshold)}", flush=True)
     shown = [
-        figure(figures.confusion(counts, source.classes,
-                                  f"{main}: confusion matrix at threshold {threshold:.3f}"),
-                out / "confusion.png", "Confusion matrix",
-                f"{main} predictions at the chosen threshold (predicted {positive} when "
-                f"p({positive}) ≥ {threshold:.3f}), as counts and as fractions of each true "
-                "class."),
-        figure(figures.roc_pr(source.groups, source.classes), out / "roc_pr.png",
-                "ROC and precision-recall curves",
-                "Each fold's out-of-fold predictions, and all of them pooled (black)."
-                if main == POOLED else "The labelled test tiles."),
-        figure(figures.calibration(source.groups, source.classes), out / "calibration.png",
-                "Calibration",
-                f"How often tiles given a probability p really are {positive}; below it, "
-                "how the predictions spread."),
+        figure(figures.confusion(m["confusion"], task.classes,
+                                  f"{main}: confusion matrix"
+                                  + (f" at threshold {cut:.3f}" if task.binary else
+                                     " (predicted: most probable class)")),
+               out / "confusion.png", "Confusion matrix",
+               f"{main} predictions (predicted: {extra['prediction']}), as counts and as "
+               "fractions of each true class (the diagonal: each class's sensitivity)."),
+        *_curves(task, source, m, main, out),
         *_training(source, out),
     ]
     if settings.gallery:
-        shown += binary_galleries(source, source.groups[main], threshold, out,
-                                   settings.gallery)
+        shown += mistake_galleries(source, source.groups[main], out, settings.gallery, cut)
     return record, shown
 
 
-def _multiclass_report(source: Source, out: Path, settings: EvaluateSettings):
-    classes = source.classes
-    results = {name: metrics.evaluate(frame["label"], probabilities(frame, classes), classes,
-                                      resamples=settings.bootstrap)
-               for name, frame in source.groups.items()}
-    main = _main(results)
-    balanced = [m["balanced_accuracy"] for name, m in results.items()
-                if name.startswith("fold ")]
-    record = _record(
-        source, results, settings, prediction="the most probable class (no threshold)",
-        fold_balanced_accuracy_mean=float(np.mean(balanced)) if balanced else None,
-        fold_balanced_accuracy_std=float(np.std(balanced, ddof=1)) if len(balanced) > 1
-        else None)
-    m = results[main]
-    print(f"{main}: macro AUC {m['auc']:.4f} (95% CI {m['auc_low']:.4f}-{m['auc_high']:.4f}), "
-          f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-          f"macro F1 {m['macro_f1']:.3f}, kappa {m['kappa']:.3f}", flush=True)
+def _threshold(source: Source, settings: EvaluateSettings) -> dict:
+    """A two-class report's threshold: the run's own, else chosen on the pooled
+    out-of-fold predictions (or, without them, on the test tiles, and said so)."""
+    if source.threshold is not None:
+        return {"value": float(source.threshold), "rule": "the model's own",
+                "chosen_on": "run's pooled out-of-fold predictions"}
+    chosen_on = source.oof if source.oof is not None else source.groups[TEST]
+    value = metrics.choose_threshold(chosen_on["label"], chosen_on["prob"],
+                                     settings.target_sensitivity)
+    rule = (f"the highest with sensitivity ≥ {settings.target_sensitivity:g}"
+            if settings.target_sensitivity else "maximising Youden's J")
+    where = "pooled out-of-fold predictions" if source.oof is not None else "these test tiles"
+    return {"value": value, "rule": rule, "chosen_on": where}
+
+
+def _headline(task: Task, m: dict, threshold: dict | None) -> str:
+    """The report's main figures in one line, as printed."""
+    head = f"{task.metric} {m['auc']:.4f} (95% CI {m['auc_low']:.4f}-{m['auc_high']:.4f})"
+    if task.binary:
+        return (f"{head}; at threshold {threshold['value']:.3f} ({threshold['rule']}): "
+                f"sensitivity to {task.classes[1]} {m['sensitivity']:.3f}, specificity "
+                f"{m['specificity']:.3f}, F1 {m['f1']:.3f}")
+    return (f"{head}, accuracy {m['accuracy']:.3f}, balanced accuracy "
+            f"{m['balanced_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, "
+            f"kappa {m['kappa']:.3f}")
+
+
+def _curves(task: Task, source: Source, m: dict, main: str, out: Path) -> list[page.Figure]:
+    """The task's two figures of the probabilities: two classes, ROC and
+    precision-recall curves and calibration (of p(positive)), every group;
+    K, one-vs-rest ROC curves and each class's sensitivity, of ``main``."""
+    if task.binary:
+        return [
+            figure(figures.roc_pr(source.groups, task.classes), out / "roc_pr.png",
+                   "ROC and precision-recall curves",
+                   "Each fold's out-of-fold predictions, and all of them pooled (black)."
+                   if main == POOLED else "The labelled test tiles."),
+            figure(figures.calibration(source.groups, task.classes), out / "calibration.png",
+                   "Calibration",
+                   f"How often tiles given a probability p really are {task.classes[1]}; "
+                   "below it, how the predictions spread."),
+        ]
     frame = source.groups[main]
-    shown = [
-        figure(figures.confusion(m["confusion"], classes,
-                                  f"{main}: confusion matrix (predicted: most probable class)"),
-                out / "confusion.png", "Confusion matrix",
-                f"{main} predictions, the most probable class of each tile, as counts and as "
-                "fractions of each true class (the diagonal: each class's sensitivity)."),
-        figure(figures.roc_ovr(frame["label"], probabilities(frame, classes), classes,
-                                f"{main}: one-vs-rest ROC curves"),
-                out / "roc_ovr.png", "One-vs-rest ROC curves",
-                "Each class against all others, from its own probability column; their "
-                "mean AUC is the macro AUC above."),
+    return [
+        figure(figures.roc_ovr(frame["label"], probabilities(frame, task.classes),
+                               task.classes, f"{main}: one-vs-rest ROC curves"),
+               out / "roc_ovr.png", "One-vs-rest ROC curves",
+               "Each class against all others, from its own probability column; their "
+               "mean AUC is the macro AUC above."),
         figure(figures.class_sensitivity(m["per_class"], f"{main}: sensitivity per class"),
-                out / "sensitivity.png", "Sensitivity per class",
-                "The fraction of each true class predicted as that class, with its number "
-                "of tiles; their mean (dashed) is the balanced accuracy."),
-        *_training(source, out),
+               out / "sensitivity.png", "Sensitivity per class",
+               "The fraction of each true class predicted as that class, with its number "
+               "of tiles; their mean (dashed) is the balanced accuracy."),
     ]
-    if settings.gallery:
-        shown += multiclass_galleries(source, frame, out, settings.gallery)
-    return record, shown
 
 
 def _training(source: Source, out: Path) -> list[page.Figure]:
@@ -278,7 +287,7 @@ def _training(source: Source, out: Path) -> list[page.Figure]:
         if history.empty:
             continue
         what = ("Loss, macro one-vs-rest AUC and balanced accuracy per epoch. "
-                if not source.binary else "")
+                if not source.task.binary else "")
         shown.append(figure(
             figures.training_curves(history, f"fold {k}", source.classes),
             out / f"training_fold_{k}.png", f"Training curves, fold {k}",

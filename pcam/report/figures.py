@@ -30,7 +30,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pcam.io import atomic_path
 from pcam.metrics import auc
-from pcam.task import Task
+from pcam.task import Task, as_matrix
 
 DPI = 110  # a 6.4-inch-wide figure is 704 px: sharp in a browser, ~50 KB
 POOLED = "pooled"  # the group name of all predictions together
@@ -403,8 +403,7 @@ def roc_comparison(curves: dict[str, tuple], classes: Sequence[str],
     """The ROC curve of every backbone in one plot.
 
     Args:
-        curves: per backbone, (labels, probabilities): (N,) of ``classes[1]``
-            for two classes, (N, K) for K.
+        curves: per backbone, (labels, (N, K) probabilities).
         classes: the class names.
         aucs: per backbone, the AUC (macro for K) written in the legend.
 
@@ -418,7 +417,7 @@ def roc_comparison(curves: dict[str, tuple], classes: Sequence[str],
     for name, (labels, probs) in curves.items():
         labels = np.asarray(labels)
         if binary:
-            fpr, tpr, _ = roc_curve(labels, probs)
+            fpr, tpr, _ = roc_curve(labels, as_matrix(probs)[:, 1])
         else:
             rates = [np.interp(grid, *roc_curve(labels == c, probs[:, c])[:2])
                      for c in range(len(classes)) if 0 < (labels == c).sum() < len(labels)]

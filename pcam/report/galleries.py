@@ -11,6 +11,7 @@ from pcam.models.saved import load_fold_model
 from pcam.report import figures, page
 from pcam.report.source import Source
 from pcam.runs import probabilities
+from pcam.task import Task
 
 
 def figure(fig, path: Path, title: str, caption: str) -> page.Figure:
@@ -19,13 +20,20 @@ def figure(fig, path: Path, title: str, caption: str) -> page.Figure:
 
 # --- galleries -------------------------------------------------------------------------
 
-def confident_mistakes(labels, probs, per_class: int) -> np.ndarray:
-    """Row indices of the most confident mistakes of K-class predictions: up
-    to ``per_class`` per true class, grouped by class in label order, each
-    group from the highest probability given to a wrong class down."""
+def confident_mistakes(labels, probs, per_class: int, predicted=None) -> np.ndarray:
+    """Row indices of the most confident mistakes: up to ``per_class`` per
+    true class, grouped by class in label order, each group from the
+    highest probability given to the (wrong) predicted class down.
+
+    Args:
+        probs: (N, K) class probabilities.
+        predicted: each row's predicted class (``Task.predict``: for two
+            classes at the run's threshold); None: the most probable.
+    """
     labels = np.asarray(labels, np.int64)
     probs = np.asarray(probs, np.float64)
-    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted, np.int64)
+    confidence = probs[np.arange(len(probs)), predicted]
     chosen = []
     for c in range(probs.shape[1]):
         wrong = np.flatnonzero((labels == c) & (predicted != c))
@@ -73,29 +81,47 @@ def _region_note(source: Source) -> str:
     return f" The outlined square is the centre {r}×{r} region that decides a label."
 
 
-def multiclass_galleries(source: Source, frame: pd.DataFrame, out: Path,
-                          n: int) -> list[page.Figure]:
+def mistake_galleries(source: Source, frame: pd.DataFrame, out: Path, n: int,
+                      threshold: float | None = None) -> list[page.Figure]:
     """The most confident mistakes of each true class; for a run, again with
-    Grad-CAM of the (wrong) predicted class by the fold model that predicted it."""
+    Grad-CAM by the fold model that predicted each tile.
+
+    Two classes (``threshold``: the report's): a gallery per kind of mistake
+    (false positives, then false negatives), Grad-CAM showing the evidence
+    for the positive class in both; K classes: one figure of a line per true
+    class, Grad-CAM of the (wrong) predicted class.
+    """
     if not _can_show_tiles(source, frame):
         return []
-    probs = probabilities(frame, source.classes)
-    at = confident_mistakes(frame["label"], probs, n)
+    task = Task(source.classes)
+    probs = probabilities(frame, task.classes)
+    predicted = task.predict(probs, 0.5 if threshold is None else threshold)
+    at = confident_mistakes(frame["label"], probs, n, predicted)
     rows = frame.iloc[at].reset_index(drop=True).assign(
-        predicted=probs[at].argmax(axis=1), confidence=probs[at].max(axis=1))
-    if rows.empty:
+        predicted=predicted[at], confidence=probs[at, predicted[at]])
+    if rows.empty and not task.binary:
         return []
     tiles = _read_tiles(source, rows)
+    heat = None
+    if source.models and len(rows) and "fold" in rows:
+        heat = _gradcam_by_fold(tiles, rows, source,
+                                1 if task.binary else rows["predicted"].to_numpy())
+    if task.binary:
+        shown = []
+        for true in (0, 1):
+            shown.append(_binary_gallery(tiles, rows, None, true, source, out, threshold))
+            if heat is not None and (rows["label"] == true).any():
+                shown.append(_binary_gallery(tiles, rows, heat, true, source, out, threshold))
+        return shown
     title = f"The most confident mistakes, up to {n} per true class"
-    shown = [figure(figures.mistakes(tiles, rows, source.classes, title, columns=n,
+    shown = [figure(figures.mistakes(tiles, rows, task.classes, title, columns=n,
                                       label_region=source.label_region),
                      out / "mistakes.png", "Most confident mistakes",
                      "For each true class (a line), the tiles given the highest probability of "
                      "a wrong class, with that class and its probability." + _region_note(source))]
-    if source.models and "fold" in rows:
-        heat = _gradcam_by_fold(tiles, rows, source, rows["predicted"].to_numpy())
+    if heat is not None:
         shown.append(figure(
-            figures.mistakes(tiles, rows, source.classes, f"{title}: Grad-CAM", columns=n,
+            figures.mistakes(tiles, rows, task.classes, f"{title}: Grad-CAM", columns=n,
                              heat=heat, label_region=source.label_region),
             out / "mistakes_gradcam.png", "Most confident mistakes: what the model saw",
             "Grad-CAM of each tile for the class it was wrongly called, by the fold model "
@@ -103,42 +129,32 @@ def multiclass_galleries(source: Source, frame: pd.DataFrame, out: Path,
     return shown
 
 
-def binary_galleries(source: Source, frame: pd.DataFrame, threshold: float, out: Path,
-                      n: int) -> list[page.Figure]:
-    """The most confident mistakes: false positives with the highest
-    probabilities, false negatives with the lowest; for a run, each again
-    with Grad-CAM (evidence for the positive class) from the fold model
-    that predicted it."""
-    if not _can_show_tiles(source, frame):
-        return []
+def _binary_gallery(tiles, rows, heat, true: int, source: Source, out: Path,
+                    threshold: float) -> page.Figure:
+    """One two-class gallery: the mistakes on true class ``true`` (0: false
+    positives, 1: false negatives), with Grad-CAM when ``heat`` is given."""
     negative, positive = source.classes
-    wrong_pos = frame[(frame["label"] == 0) & (frame["prob"] >= threshold)].nlargest(n, "prob")
-    wrong_neg = frame[(frame["label"] == 1) & (frame["prob"] < threshold)].nsmallest(n, "prob")
-    shown = []
-    for rows, name, what in ((wrong_pos, "false_positives",
-                              f"False positives ({negative} called {positive})"),
-                             (wrong_neg, "false_negatives",
-                              f"False negatives ({positive} called {negative})")):
-        tiles = _read_tiles(source, rows)
-        captions = [f"{figures.short_id(row.id)}\ntrue: {source.classes[int(row.label)]}\n"
-                    f"p({positive}) = {row.prob:.3f}" for row in rows.itertuples()]
-        title = f"{what}: the {len(rows)} most confident (threshold {threshold:.3f})"
-        shown.append(figure(figures.gallery(tiles, captions, title,
-                                             label_region=source.label_region),
-                             out / f"{name}.png", what,
-                             f"Each tile's true class and p({positive})." + _region_note(source)))
-        if source.models and len(rows) and "fold" in rows:
-            heat = _gradcam_by_fold(tiles, rows, source, 1)
-            shown.append(figure(
-                figures.gallery(tiles, captions, f"{title}: Grad-CAM", heat=heat,
-                                label_region=source.label_region),
-                out / f"{name}_gradcam.png", f"{what}: where the model saw {positive}",
-                f"Grad-CAM of each tile by the fold model that predicted it (evidence for "
-                f"{positive}, red the strongest in each tile; none: no tint). A false positive "
-                f"shows what looked like {positive}; a false negative, what {positive} "
-                "evidence the model still found. python scripts/explain.py --run RUN --ids ID "
-                "draws one tile larger."))
-    return shown
+    name, what = (("false_positives", f"False positives ({negative} called {positive})")
+                  if true == 0 else
+                  ("false_negatives", f"False negatives ({positive} called {negative})"))
+    at = np.flatnonzero(rows["label"].to_numpy() == true)
+    captions = [f"{figures.short_id(row.id)}\ntrue: {source.classes[int(row.label)]}\n"
+                f"p({positive}) = {row.prob:.3f}" for row in rows.iloc[at].itertuples()]
+    title = f"{what}: the {len(at)} most confident (threshold {threshold:.3f})"
+    if heat is None:
+        return figure(figures.gallery(tiles[at], captions, title,
+                                      label_region=source.label_region),
+                      out / f"{name}.png", what,
+                      f"Each tile's true class and p({positive})." + _region_note(source))
+    return figure(
+        figures.gallery(tiles[at], captions, f"{title}: Grad-CAM", heat=heat[at],
+                        label_region=source.label_region),
+        out / f"{name}_gradcam.png", f"{what}: where the model saw {positive}",
+        f"Grad-CAM of each tile by the fold model that predicted it (evidence for "
+        f"{positive}, red the strongest in each tile; none: no tint). A false positive "
+        f"shows what looked like {positive}; a false negative, what {positive} "
+        "evidence the model still found. python scripts/explain.py --run RUN --ids ID "
+        "draws one tile larger.")
 
 
 def _gradcam_by_fold(tiles: np.ndarray, rows: pd.DataFrame, source: Source,

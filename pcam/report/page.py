@@ -47,7 +47,16 @@ MULTICLASS_COLUMNS = [("n", "tiles", "{:,}"), ("auc", "macro AUC (one vs rest)",
                       ("balanced_accuracy", "balanced accuracy", "{:.4f}"),
                       ("macro_f1", "macro F1", "{:.4f}"), ("kappa", "Cohen's κ", "{:.4f}"),
                       ("log_loss", "log loss", "{:.4f}")]
-# The per-class table of a K-class report.
+# What the metrics table's numbers mean, by task kind.
+METRICS_NOTE = {
+    "binary": "AUC needs no threshold; accuracy, precision, sensitivity, specificity and F1 "
+              "are at the threshold above.",
+    "multiclass": "The predicted class is the most probable one (no threshold). Balanced "
+                  "accuracy is the mean of the per-class sensitivities, and macro AUC the "
+                  "mean of the per-class one-vs-rest AUCs (classes without tiles are left out "
+                  "of both), so a large class does not hide a small one.",
+}
+# The per-class table of a report (two classes: at the threshold).
 CLASS_COLUMNS = [("support", "tiles", "{:,}"), ("precision", "precision", "{:.3f}"),
                  ("sensitivity", "sensitivity (recall)", "{:.3f}"),
                  ("specificity", "specificity", "{:.3f}"), ("f1", "F1", "{:.3f}"),
@@ -73,10 +82,7 @@ def html_page(record: dict, images: list[Figure]) -> str:
     """
     e = html.escape
     main = "pooled" if "pooled" in record["groups"] else "test"
-    if record.get("task") == "multiclass":
-        summary = _multiclass_summary(record, main)
-    else:
-        summary = _binary_summary(record, main)
+    summary = _summary(record, main)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(record['title'])}</title><style>{STYLE}</style></head><body>",
@@ -95,51 +101,52 @@ def html_page(record: dict, images: list[Figure]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _binary_summary(record: dict, main: str) -> list[str]:
-    """Headline and metrics table of a two-class report (threshold-based)."""
-    e = html.escape
-    t = record["threshold"]
-    m = record["groups"][main]
-    classes = record.get("classes") or LEGACY_CLASSES  # metrics.json before classes
-    positive = record.get("positive") or classes[1]
-    columns = [(key, e(positive) if key == "positives" else heading, fmt)
-               for key, heading, fmt in COLUMNS]
-    return [
-        f'<p class="headline">ROC AUC <b>{_fmt(m["auc"], "{:.4f}")}</b> '
-        f"(95% CI {_ci(m)}) over {m['n']:,} tiles, {e(positive)} against "
-        f"{e(classes[0])}. At threshold <b>{t['value']:.3f}</b> on p({e(positive)}) "
-        f"({e(t['rule'])}, chosen on the {e(t['chosen_on'])}): sensitivity "
-        f"{_fmt(m['sensitivity'], '{:.3f}')}, specificity {_fmt(m['specificity'], '{:.3f}')}, "
-        f"F1 {_fmt(m['f1'], '{:.3f}')}.</p>",
-        "<h2>Metrics</h2>", _table(record["groups"], columns), _fold_spread(record),
-        "<p class=\"meta\">AUC needs no threshold; accuracy, precision, sensitivity, "
-        "specificity and F1 are at the threshold above. The metrics are also in "
-        '<a href="metrics.json">metrics.json</a>.</p>',
-    ]
-
-
-def _multiclass_summary(record: dict, main: str) -> list[str]:
-    """Headline, metrics table and per-class table of a K-class report."""
+def _summary(record: dict, main: str) -> list[str]:
+    """Headline, metrics table and per-class table of a report, two classes or K
+    (a two-class record written before ``per_class`` has no per-class table)."""
     e = html.escape
     m = record["groups"][main]
-    classes = record["classes"]
-    return [
-        f'<p class="headline">Macro one-vs-rest ROC AUC <b>{_fmt(m["auc"], "{:.4f}")}</b> '
-        f"(95% CI {_ci(m)}) over {m['n']:,} tiles of {len(classes)} classes. Predicting the "
-        f"most probable class: balanced accuracy <b>{_fmt(m['balanced_accuracy'], '{:.3f}')}"
-        f"</b> (chance {1 / len(classes):.3f}), accuracy {_fmt(m['accuracy'], '{:.3f}')}, "
-        f"macro F1 {_fmt(m['macro_f1'], '{:.3f}')}, Cohen's κ {_fmt(m['kappa'], '{:.3f}')}.</p>",
-        "<h2>Metrics</h2>", _table(record["groups"], MULTICLASS_COLUMNS), _fold_spread(record),
-        "<p class=\"meta\">The predicted class is the most probable one (no threshold). "
-        "Balanced accuracy is the mean of the per-class sensitivities, and macro AUC the "
-        "mean of the per-class one-vs-rest AUCs (classes without tiles are left out of "
-        "both), so a large class does not hide a small one. The metrics are also in "
-        '<a href="metrics.json">metrics.json</a>.</p>',
-        f"<h2>Per class ({e(main)})</h2>", _class_table(m["per_class"]),
-        "<p class=\"meta\">Precision: of the tiles called this class, the fraction that are; "
-        "sensitivity: of the tiles of this class, the fraction called it; specificity: of "
-        "the other tiles, the fraction not called it.</p>",
-    ]
+    task = _task(record)
+    parts = [_headline(record, m, task), "<h2>Metrics</h2>",
+             _table(record["groups"], _columns(record, task)), _fold_spread(record),
+             f'<p class="meta">{METRICS_NOTE[task.kind]} The metrics are also in '
+             '<a href="metrics.json">metrics.json</a>.</p>']
+    if m.get("per_class"):
+        parts += [f"<h2>Per class ({e(main)})</h2>", _class_table(m["per_class"]),
+                  "<p class=\"meta\">Precision: of the tiles called this class, the fraction "
+                  "that are; sensitivity: of the tiles of this class, the fraction called it; "
+                  "specificity: of the other tiles, the fraction not called it.</p>"]
+    return parts
+
+
+def _headline(record: dict, m: dict, task: Task) -> str:
+    """The report's first paragraph: the AUC and the metrics of its decision."""
+    e = html.escape
+    classes = task.classes
+    if task.binary:
+        t = record["threshold"]
+        positive = record.get("positive") or classes[1]
+        return (f'<p class="headline">ROC AUC <b>{_fmt(m["auc"], "{:.4f}")}</b> '
+                f"(95% CI {_ci(m)}) over {m['n']:,} tiles, {e(positive)} against "
+                f"{e(classes[0])}. At threshold <b>{t['value']:.3f}</b> on p({e(positive)}) "
+                f"({e(t['rule'])}, chosen on the {e(t['chosen_on'])}): sensitivity "
+                f"{_fmt(m['sensitivity'], '{:.3f}')}, specificity "
+                f"{_fmt(m['specificity'], '{:.3f}')}, F1 {_fmt(m['f1'], '{:.3f}')}.</p>")
+    return (f'<p class="headline">Macro one-vs-rest ROC AUC <b>{_fmt(m["auc"], "{:.4f}")}</b> '
+            f"(95% CI {_ci(m)}) over {m['n']:,} tiles of {len(classes)} classes. Predicting "
+            f"the most probable class: balanced accuracy "
+            f"<b>{_fmt(m['balanced_accuracy'], '{:.3f}')}</b> (chance {1 / len(classes):.3f}), "
+            f"accuracy {_fmt(m['accuracy'], '{:.3f}')}, macro F1 "
+            f"{_fmt(m['macro_f1'], '{:.3f}')}, Cohen's κ {_fmt(m['kappa'], '{:.3f}')}.</p>")
+
+
+def _columns(record: dict, task: Task) -> list:
+    """The metrics table's columns; two classes name the positive class's column."""
+    if not task.binary:
+        return MULTICLASS_COLUMNS
+    positive = html.escape(record.get("positive") or task.classes[1])
+    return [(key, positive if key == "positives" else heading, fmt)
+            for key, heading, fmt in COLUMNS]
 
 
 def gallery_page(title: str, intro: str, images: list[Figure]) -> str:

@@ -23,6 +23,7 @@ from pcam.report import figures
 from pcam.runs import (LEGACY_CLASSES, RunDir, finished_folds, load_run, prob_columns, read_history,
                        read_oof, run_classes)
 from pcam.settings import RunSettings
+from pcam.task import Task
 
 POOLED = figures.POOLED
 
@@ -68,8 +69,8 @@ class Source:
     threshold: float | None = None
 
     @property
-    def binary(self) -> bool:
-        return len(self.classes) == 2
+    def task(self) -> Task:
+        return Task(tuple(self.classes))
 
 
 # --- what a report is about --------------------------------------------------------

@@ -509,7 +509,7 @@ def _finish_fold(model, store, val_pos, k, fold_dir, inputs, settings) -> dict:
     index = store.index().iloc[val_pos]
     oof = pd.DataFrame({"id": index["id"].to_numpy(), "label": index["label"].to_numpy(),
                         "fold": k})
-    oof[runs.prob_columns(classes)] = probs.reshape(len(oof), -1)
+    oof[runs.prob_columns(classes)] = task.Task(classes).file_columns(probs)
     model_info(settings, store).to_json(FoldDir(fold_dir).info)
     atomic_write_text(FoldDir(fold_dir).oof, oof.to_csv(index=False))
     result = metrics.task_metrics(oof["label"], probs, classes)
