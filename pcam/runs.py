@@ -4,6 +4,7 @@ Training writes a run, and evaluation, prediction, explanation, comparison
 and the app read it, all through this module::
 
     RUN/config.json               the resolved settings (RunSettings), classes included
+    RUN/config.toml               the same, as a file --config takes (pcam.config)
     RUN/folds.csv                 id, label, fold
     RUN/fold_<k>/best.keras       the fold's best model
     RUN/fold_<k>/model.json       what the model needs besides itself (ModelInfo)
@@ -87,6 +88,10 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.path / "config.json"
+
+    @property
+    def config_toml(self) -> Path:
+        return self.path / "config.toml"
 
     @property
     def folds(self) -> Path:

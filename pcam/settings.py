@@ -225,6 +225,8 @@ def from_dict(cls, data: dict):
     kwargs = {}
     for key, value in data.items():
         nested = section(names[key])
+        if isinstance(names[key].default, tuple) and isinstance(value, list):
+            value = tuple(value)  # JSON has no tuples: settings equal to those saved
         kwargs[key] = from_dict(nested, value) if nested else value
     return cls(**kwargs)
 

@@ -66,6 +66,39 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
                            metavar=None if "choices" in f.metadata else f.name.upper())
 
 
+def add_config(parser: argparse.ArgumentParser, cls) -> None:
+    """``--config FILE`` and ``--print-config`` for a command whose settings are ``cls``."""
+    group = parser.add_argument_group(
+        "settings file", f"Options from a TOML file: {cls.__name__}'s fields, its sections "
+        "as tables ([data], [train], ...), as config.json nests them; every run writes "
+        "RUN/config.toml, which this takes. An option on the command line wins over the file.")
+    group.add_argument("--config", metavar="FILE", help="read options from this TOML file")
+    group.add_argument("--print-config", action="store_true",
+                       help="print the resolved settings as TOML (a file --config takes) "
+                            "and stop")
+
+
+def config_defaults(parser: argparse.ArgumentParser, argv, cls) -> dict:
+    """Make the options of ``--config FILE`` (``pcam.config.read_config``) the
+    parser's defaults, so that the command line still wins; the file's options."""
+    from pcam.config import read_config
+
+    first, _ = parser.parse_known_args(argv)
+    if not first.config:
+        return {}
+    values = read_config(first.config, cls)
+    parser.set_defaults(**values)
+    return values
+
+
+def print_config(settings) -> int:
+    """Print settings as TOML (``--print-config``); the command's exit status."""
+    from pcam.config import to_toml
+
+    print(to_toml(settings), end="", flush=True)
+    return 0
+
+
 def machine_defaults(parser: argparse.ArgumentParser, argv, recipe: bool = True):
     """Make the parser's defaults fit this machine and data, before the real parse.
 

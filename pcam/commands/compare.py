@@ -17,7 +17,8 @@ validation curves. Run the same command again to resume: finished backbones
 and folds are skipped.
 """
 
-from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
+from pcam.commands.cli import (add_config, add_settings, command, config_defaults, new_parser,
+                               print_config, settings_from_args)
 from pcam.settings import CompareSettings
 
 
@@ -29,10 +30,14 @@ def main(argv=None):
     add_settings(parser, CompareSettings, "compare", skip=("run", "report", "backbone"))
     parser.add_argument("--report", dest="report_only", action="store_true",
                         help="the same as --report-only")
+    add_config(parser, CompareSettings)
+    config_defaults(parser, argv, CompareSettings)
     args = parser.parse_args(argv)
 
     # Settings check themselves: nonsense is refused before TensorFlow loads.
     settings = settings_from_args(CompareSettings, args)
+    if args.print_config:
+        return print_config(settings)
 
     # After parsing: --help answers without TensorFlow.
     from pcam.report.compare import compare_report

@@ -18,7 +18,8 @@ Submit it with scripts/submit.py, or the kaggle command it prints.
 import argparse
 from pathlib import Path
 
-from pcam.commands.cli import add_settings, command, new_parser, settings_from_args
+from pcam.commands.cli import (add_config, add_settings, command, config_defaults, new_parser,
+                               print_config, settings_from_args)
 from pcam.errors import PcamError
 from pcam.settings import PredictSettings
 
@@ -51,11 +52,17 @@ def main(argv=None):
                         metavar="all|0,2",
                         help="folds to ensemble: all (every finished fold, the default) or "
                              "a comma-separated list")
+    add_config(parser, PredictSettings)
+    # --run extends a list: the file's runs are used only when none is given.
+    runs = tuple(config_defaults(parser, argv, PredictSettings).get("run", ()))
+    parser.set_defaults(run=[])
     args = parser.parse_args(argv)
-    if not args.run:
+    if not (args.run or runs):
         parser.error("--run is required: the run folder to predict with, such as runs/NAME")
-    settings = settings_from_args(PredictSettings, args, run=tuple(args.run),
+    settings = settings_from_args(PredictSettings, args, run=tuple(args.run) or runs,
                                   images=tuple(args.images))
+    if args.print_config:
+        return print_config(settings)
 
     predict(settings)
 

@@ -16,13 +16,14 @@ competition. Options given on the command line always win.
 
 Everything goes to RUNS_DIR/RUN (RUNS_DIR/latest names it): config.json,
 folds.csv, fold_<k>/best.keras, histories, out-of-fold predictions, cv.json,
-report/index.html. Run the same command again to resume: finished folds are
-skipped and an unfinished one continues from its last epoch.
+report/index.html, and config.toml: `--config runs/NAME/config.toml --run NEW`
+trains the same recipe again. Run the same command again to resume: finished
+folds are skipped and an unfinished one continues from its last epoch.
 """
 from dataclasses import replace
 
-from pcam.commands.cli import (add_settings, command, machine_defaults, new_parser,
-                               settings_from_args)
+from pcam.commands.cli import (add_config, add_settings, command, config_defaults,
+                               machine_defaults, new_parser, print_config, settings_from_args)
 from pcam.settings import RunSettings, to_dict
 
 
@@ -35,7 +36,10 @@ def main(argv=None):
                              "1,500 real PCam tiles, Kaggle layout; tissue: 240 tiles of 8 "
                              "colorectal tissue types (Kather et al. 2016), class folders")
     add_settings(parser, RunSettings, "run")
+    add_config(parser, RunSettings)
+    from_file = config_defaults(parser, argv, RunSettings)
     recipe = machine_defaults(parser, argv)
+    parser.set_defaults(**from_file)  # the file wins over the recipe, the command line over both
     args = parser.parse_args(argv)
     if args.demo:
         from pcam.commands import demo
@@ -50,6 +54,8 @@ def main(argv=None):
     if not settings.run:  # the same command again resumes the same run
         settings = replace(settings, run=places.default_run_name(
             settings.data.data_dir, to_dict(settings)))
+    if args.print_config:
+        return print_config(settings)
     source = preflight.check_run(settings)
     print(recipes.describe(recipe, settings.model.backbone, settings.model.weights,
                            settings.train.epochs_frozen + settings.train.epochs_finetune,

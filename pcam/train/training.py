@@ -35,6 +35,7 @@ import pandas as pd
 import tensorflow as tf
 
 from pcam import __version__, locks, metrics, places, runs, task
+from pcam.config import write_config
 from pcam.data.augment import on_model
 from pcam.data.folds import assign_folds, check_folds, class_weights, load_or_assign, subset
 from pcam.data.pipeline import eval_dataset, train_dataset
@@ -48,8 +49,8 @@ from pcam.models.registry import create_model, default_image_size, get_backbone
 from pcam.models.saved import load_fold_model
 from pcam.predict.tta import TTA_VIEWS, predict_batches, tta_predictor
 from pcam.runs import FoldDir, ModelInfo, RunDir
-from pcam.settings import (DataSettings, RunSettings, TrainSettings, changed_on_resume, from_json,
-                           to_dict, to_json)
+from pcam.settings import (DataSettings, RunSettings, TrainSettings, changed_on_resume, from_dict,
+                           from_json, to_dict, to_json)
 from pcam.train import checkpoints, distribute
 from pcam.train.preflight import check_crop, check_fold, check_run, small_data_warning
 
@@ -219,6 +220,9 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
             raise PcamError(f"{config} is not a pcam config ({err}); use a new --run") from None
         if _started(run_dir):
             _refuse_changes(settings, saved, run_dir)
+            if not RunDir(run_dir).config_toml.is_file():  # a run made before config.toml
+                with contextlib.suppress(OSError):
+                    write_config(from_dict(RunSettings, saved), RunDir(run_dir).config_toml)
             return load_or_assign(RunDir(run_dir).folds, store.index(), settings.folds,
                                   store.classes)
     _check_model(settings, store)
@@ -231,6 +235,7 @@ def _check_or_write_config(settings: RunSettings, run_dir: Path, store: Store,
                                     settings.folds.seed), settings.folds, store.classes)
     try:
         to_json(settings, config)
+        write_config(settings, RunDir(run_dir).config_toml)  # for --config: the same recipe
         atomic_write_text(RunDir(run_dir).folds, folds.to_csv(index=False))
     except OSError as err:
         raise cannot_write(run_dir, err, "--runs-dir") from None
