@@ -132,7 +132,18 @@ def train(name: str, data: Path, work: Path, pretrained: Path | None) -> tuple[d
                     *(["--weights", str(pretrained)] if pretrained else [])], check=True)
     seconds = time.perf_counter() - start
     report = json.loads((work / "runs" / name / "report" / "metrics.json").read_text())
-    return report["groups"]["pooled"], seconds
+    # A run resumed over several sessions: this process's wall time is only the
+    # last part; its epochs' own times (every fold, both phases) are the whole.
+    return report["groups"]["pooled"], max(seconds, epoch_seconds(work / "runs" / name))
+
+
+def epoch_seconds(run_dir: Path) -> float:
+    """The seconds of every epoch a run trained, from its folds' histories."""
+    from pcam.runs import read_history
+
+    return float(sum(read_history(fold)["epoch_seconds"].sum()
+                     for fold in sorted(run_dir.glob("fold_*")) if fold.is_dir()
+                     and not read_history(fold).empty))
 
 
 def split_folders(source: Path, dest: Path, fraction: float, seed: int = 12) -> Path:

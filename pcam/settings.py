@@ -536,6 +536,51 @@ class CompareSettings:
         return Path(self.training.runs_dir) / self.name
 
 
+@dataclass(frozen=True)
+class TuneSettings:
+    """A search over training settings with Optuna (pcam.train.tune): each trial an ordinary run.
+
+    ``training`` is the template of every trial's run: the trial's sampled
+    values replace the fields the search space names.
+    """
+
+    study: str = _opt("", "study name: its trials go to RUNS_DIR/NAME/trial_NNN/, its "
+                          "storage, best.toml and report to RUNS_DIR/NAME/")
+    trials: int = _opt(20, "trials the study should have finished (completed or pruned); "
+                           "run the command again to continue it to this number")
+    timeout: float = _opt(0.0, "stop starting trials after this many minutes (0: no limit)")
+    space: str = _opt("", "TOML file of the search space, a table per settings field "
+                          "(low/high[/log] or choices); default: pcam's histology space "
+                          "(learning rate, batch size, dropout, label smoothing, colour and "
+                          "stain jitter)")
+    folds_per_trial: int = _opt(1, "folds each trial trains (folds 0..N-1 of --folds); its "
+                                   "value is their mean validation metric")
+    storage: str = _opt("", "Optuna storage URL shared by the processes of the study, e.g. "
+                            "postgresql://user@host/db (default: a SQLite file in "
+                            "RUNS_DIR/NAME/, which processes on one machine share)")
+    pruner: str = _opt("median", "stop a trial early when its validation metric is below the "
+                                 "median of earlier trials at the same epoch (none: never)",
+                       choices=("median", "none"))
+    sampler_seed: int = _opt(0, "seed of the TPE sampler")
+    training: RunSettings = field(default_factory=RunSettings)
+
+    def __post_init__(self):
+        from pcam.errors import PcamError
+
+        _check(self, trials=_at_least(1), timeout=_non_negative_number(),
+               folds_per_trial=_at_least(1))
+        if not self.study:
+            raise PcamError("--study: name the study, e.g. --study oral-lr (its trials go to "
+                            "RUNS_DIR/NAME/)")
+        if self.folds_per_trial > self.training.folds.folds:
+            raise PcamError(f"--folds-per-trial {self.folds_per_trial}: at most --folds "
+                            f"({self.training.folds.folds})")
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.training.runs_dir) / self.study
+
+
 def changed_on_resume(now: RunSettings, then: dict) -> list[str]:
     """The settings (``section.key``) in which ``now`` differs from a started
     run's saved ``then`` in what is trained: every field but those declared

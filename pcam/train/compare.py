@@ -65,7 +65,7 @@ def train_backbones(settings: CompareSettings) -> Iterator[Path]:
         print(f"--- {spec.name}: run {run.run_dir}", flush=True)
         if run_cv(run, folds=folds) is not None:
             yield run.run_dir
-        _adopt_or_check_folds(run.run_dir, shared)
+        adopt_or_check_folds(run.run_dir, shared)
 
 
 def backbone_settings(template: RunSettings, backbone: str, pretrained: bool,
@@ -106,7 +106,7 @@ def _check_same_training(run: RunSettings) -> None:
                         "new --name")
 
 
-def _adopt_or_check_folds(run_dir: Path, shared: Path) -> None:
+def adopt_or_check_folds(run_dir: Path, shared: Path) -> None:
     """Make the first run's folds the comparison's; check a later run's against them."""
     own = run_dir / FOLDS
     if not own.is_file():

@@ -77,7 +77,7 @@ def phases(train: TrainSettings) -> list[Phase]:
 
 
 def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
-           source: Source | None = None) -> dict | None:
+           source: Source | None = None, callbacks=()) -> dict | None:
     """Train the folds of a run (all, or ``settings.fold``), then summarise them.
 
     Training writes the run and nothing else: the commands write its report
@@ -91,6 +91,8 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
             run started earlier keeps its own ``folds.csv``.
         source: the source as ``pcam.train.preflight.check_run`` scanned and checked
             it (the command does that before TensorFlow loads); None: scan it here.
+        callbacks: extra Keras callbacks for every phase of every fold (a
+            search's pruner, ``pcam.train.tune``).
 
     Returns:
         The CV summary once every fold is finished, else None.
@@ -126,7 +128,7 @@ def run_cv(settings: RunSettings, folds: pd.DataFrame | None = None,
         folds = assign_folds(subset(store.index(), settings.folds.max_tiles, settings.folds.seed),
                              settings.folds, store.classes)
     for k in range(k_all) if settings.fold == -1 else [settings.fold]:
-        _train_fold_once(settings, k, store, folds, strategy, chief)
+        _train_fold_once(settings, k, store, folds, strategy, chief, callbacks)
     if not chief:
         return None
     with _run_lock(run_dir):
@@ -146,7 +148,7 @@ def _train_store(settings: RunSettings, strategy, source: Source | None) -> Stor
 
 
 def _train_fold_once(settings: RunSettings, k: int, store: Store, folds: pd.DataFrame,
-                     strategy, chief: bool) -> None:
+                     strategy, chief: bool, callbacks=()) -> None:
     """Train fold ``k`` unless it is finished, under its lock (the chief's)."""
     fold = RunDir(settings.run_dir).fold(k)
     with (locks.exclusive(fold.path, f"fold {k} of run {settings.run_dir}") if chief
@@ -157,7 +159,7 @@ def _train_fold_once(settings: RunSettings, k: int, store: Store, folds: pd.Data
         if chief:  # temporary files of killed processes
             for folder in [fold.path, *fold.path.glob(fold.backup("*").name)]:
                 remove_stale_temporaries(folder)
-        run_fold(settings, k, store, folds, strategy)
+        run_fold(settings, k, store, folds, strategy, callbacks)
 
 
 def resolve(settings: RunSettings, store: Store) -> RunSettings:
