@@ -562,19 +562,24 @@ class TuneSettings:
                                  "median of earlier trials at the same epoch (none: never)",
                        choices=("median", "none"))
     sampler_seed: int = _opt(0, "seed of the TPE sampler")
+    confirm: int = _opt(0, "then train the best trial's settings and the default ones on this "
+                           "many more folds, which no trial saw, and say whether the best beats "
+                           "the default beyond the fold-to-fold spread")
     training: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self):
         from pcam.errors import PcamError
 
         _check(self, trials=_at_least(1), timeout=_non_negative_number(),
-               folds_per_trial=_at_least(1))
+               folds_per_trial=_at_least(1), confirm=_at_least(0))
         if not self.study:
             raise PcamError("--study: name the study, e.g. --study oral-lr (its trials go to "
                             "RUNS_DIR/NAME/)")
-        if self.folds_per_trial > self.training.folds.folds:
-            raise PcamError(f"--folds-per-trial {self.folds_per_trial}: at most --folds "
-                            f"({self.training.folds.folds})")
+        if self.folds_per_trial + self.confirm > self.training.folds.folds:
+            raise PcamError(f"--folds-per-trial {self.folds_per_trial} and --confirm "
+                            f"{self.confirm}: together at most --folds "
+                            f"({self.training.folds.folds}); the confirmation uses folds "
+                            "no trial saw")
 
     @property
     def study_dir(self) -> Path:

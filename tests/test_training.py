@@ -226,7 +226,7 @@ def test_multi_worker_strategy_two_processes_chief_writes_the_run(layout_cache, 
     folds = pd.read_csv(runs / "mw" / "folds.csv", dtype={"id": str})
     assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 1, "id"])  # all of it, once
     assert sorted(p.name for p in (runs / "mw").iterdir()) == [
-        ".pcam.lock", "config.json", "fold_1", "folds.csv"]  # the lock: pcam.locks
+        ".pcam.lock", "config.json", "config.toml", "fold_1", "folds.csv"]  # lock: pcam.locks
 
 
 def test_resnet50_two_phases_counts_batchnorm_and_hand_over(layout_cache, tmp_path):

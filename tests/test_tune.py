@@ -1,6 +1,7 @@
 """scripts/tune.py: a real Optuna study of real (tiny) trainings, shared, resumed, refused."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -81,11 +82,19 @@ def test_a_search_finds_the_learning_rate_that_trains_and_resumes(data, tmp_path
     assert config["train"]["lr_finetune"] == pytest.approx(best["lr_finetune"], rel=1e-5)
     assert config["run"] == "lr-best" and config["fold"] == -1
 
-    # The same command with more trials continues the study: trial 8 only.
-    result = tune(tmp_path, *args, "--trials", 9)
+    # The same command with more trials continues the study: trial 8 only; then
+    # the best and the default settings are trained on fold 1, which no trial saw.
+    result = tune(tmp_path, *args, "--trials", 9, "--confirm", 1)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 of 9 trials finished" in result.stdout and "--- trial 8 " in result.stdout
     assert [n for n, _ in trials(tmp_path / "runs/lr")] == list(range(9))
+    confirmed = json.loads((tmp_path / "runs/lr/confirm.json").read_text())
+    assert confirmed["folds"] == [1] and "one fold cannot tell" in confirmed["verdict"]
+    for name in ("best", "default"):
+        metrics = json.loads((tmp_path / f"runs/lr/confirm-{name}/fold_1/metrics.json")
+                             .read_text())
+        assert confirmed[name] == [metrics["auc"]]
+    assert "one fold cannot tell" in (tmp_path / "runs/lr/report/index.html").read_text().lower()
 
     # A study continued with another space is refused, in one line, before training.
     space.write_text("[dropout]\nlow = 0.0\nhigh = 0.5\n")
@@ -144,8 +153,8 @@ def test_other_refusals_are_one_line_before_training(data, tmp_path):
     assert "--study" in refused("--data-dir", data, *TEMPLATE)
     assert "cannot open it" in refused("--data-dir", data, "--study", "s", *TEMPLATE,
                                        "--storage", "nosuchdb://nowhere/x")
-    assert "--folds-per-trial 4: at most --folds (3)" in refused(
-        "--data-dir", data, "--study", "s", *TEMPLATE, "--folds-per-trial", 4)
+    assert "together at most --folds (3)" in refused(
+        "--data-dir", data, "--study", "s", *TEMPLATE, "--folds-per-trial", 2, "--confirm", 2)
     tiny = tmp_path / "tiny"
     for c in ("Normal", "OSCC"):
         (tiny / c).mkdir(parents=True)

@@ -11,6 +11,7 @@ reads the storage and the runs; it never trains.
 from __future__ import annotations
 
 import html
+import json
 import warnings
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def _page(study, table: pd.DataFrame, figures: list[page.Figure], study_dir: Pat
                   f"{e(str(study_dir / 'best.toml'))}</code>. One fold's value is noisy: "
                   "compare the best with the default settings on the other folds before "
                   "taking it.</p>"]
+    parts += _confirmation(study_dir / "confirm.json")
     for fig in figures:
         parts += [f"<h2>{e(fig.title)}</h2>", "<figure>",
                   f'<img src="{e(fig.path.name)}" alt="{e(fig.title)}">',
@@ -120,3 +122,22 @@ def _page(study, table: pd.DataFrame, figures: list[page.Figure], study_dir: Pat
             '<p class="meta">Also in <a href="trials.csv">trials.csv</a>; each trial is a run '
             "at trial_NNN/ (evaluate.py, predict.py and the app take it).</p>"]
     return "\n".join(parts + ["</body></html>"]) + "\n"
+
+
+def _confirmation(path: Path) -> list[str]:
+    """The confirmation's section (``pcam.train.tune.confirm``), if it ran."""
+    if not path.is_file():
+        return []
+    c = json.loads(path.read_text())
+    rows = "".join(f"<tr><td>fold {k}</td><td>{b:.4f}</td><td>{d:.4f}</td><td>{b - d:+.4f}</td>"
+                   "</tr>" for k, b, d in zip(c["folds"], c["best"], c["default"]))
+    interval = ("" if c.get("delta_low") is None else  # one fold: no interval (null)
+                f" (95% t interval {c['delta_low']:+.4f} to {c['delta_high']:+.4f})")
+    return ["<h2>Confirmation on folds no trial saw</h2>",
+            f"<p>Trial {c['best_trial']}'s settings against the default ones, each trained on "
+            f"fold(s) {', '.join(map(str, c['folds']))}: mean difference "
+            f"{c['delta_mean']:+.4f}{interval}. <b>{html.escape(c['verdict'].capitalize())}."
+            "</b></p>",
+            "<table><tr><th></th><th>best</th><th>default</th><th>difference</th></tr>"
+            f"{rows}</table>"]
+

@@ -50,7 +50,11 @@ def open_study(settings: TuneSettings, space: list[Dimension]):
     url = settings.storage or f"sqlite:///{(settings.study_dir / 'study.db').resolve()}"
     try:
         # The heartbeat marks the trial of a killed process failed (after the grace period).
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        # SQLite: a process waits up to a minute for another's write (its default, 5 s,
+        # can run out when several processes report epochs and heartbeats at once).
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30,
+                                             grace_period=120)
     except Exception as err:  # SQLAlchemy's or a driver's: the URL cannot be opened
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise PcamError(f"--storage {url}: cannot open it ({first})") from None
@@ -114,7 +118,10 @@ def tune(settings: TuneSettings, study=None) -> dict:
             break
         study.optimize(lambda trial: run_trial(trial, settings, space), n_trials=1,
                        catch=(Surplus,))
-    return write_best(study, settings)
+    summary = write_best(study, settings)
+    if settings.confirm and summary.get("best_trial") is not None:
+        summary["confirmation"] = confirm(study, settings)
+    return summary
 
 
 def run_trial(trial, settings: TuneSettings, space: list[Dimension]) -> float:
@@ -218,3 +225,54 @@ def write_best(study, settings: TuneSettings) -> dict:
           f"python scripts/train.py --config {path}", flush=True)
     return {**summary, "best_trial": best.number, "best_value": best.value,
             "best_params": best.params, "best_toml": str(path)}
+
+
+def confirm(study, settings: TuneSettings) -> dict:
+    """The best trial's settings and the template's (the defaults), each trained
+    on the ``settings.confirm`` folds after the trials' (which no trial saw),
+    on the study's folds; written to ``confirm.json``.
+
+    One fold's best is a noisy winner: the best beats the default only when
+    the paired differences' 95% t interval over these folds lies above 0.
+    """
+    from scipy.stats import t as student
+
+    from pcam.io import atomic_write_json
+    from pcam.train.training import run_cv
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = study.best_trial
+    ks = list(range(settings.folds_per_trial, settings.folds_per_trial + settings.confirm))
+    shared = settings.study_dir / FOLDS
+    runs = {"best": apply(settings.training, best.params), "default": settings.training}
+    scores = {}
+    for name, template in runs.items():
+        run = dataclasses.replace(template, run=f"confirm-{name}",
+                                  runs_dir=str(settings.study_dir))
+        print(f"--- confirming the {name} settings on fold(s) {', '.join(map(str, ks))}: "
+              f"run {run.run_dir}", flush=True)
+        for k in ks:
+            run_cv(dataclasses.replace(run, fold=k), folds=read_folds(shared, "delete the "
+                                                                      "study's folder"))
+        scores[name] = [json.loads(RunDir(run.run_dir).fold(k).metrics.read_text())["auc"]
+                        for k in ks]
+    delta = np.subtract(scores["best"], scores["default"])
+    n = len(delta)
+    sd = float(np.std(delta, ddof=1)) if n > 1 else math.nan
+    half = float(student.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
+    low, high = float(delta.mean()) - half, float(delta.mean()) + half
+    verdict = ("the best beats the default beyond the fold-to-fold spread" if low > 0 else
+               "the default beats the best beyond the spread" if high < 0 else
+               "the folds cannot tell the best from the default" if n > 1 else
+               "one fold cannot tell the best from the default (--confirm 3 or more)")
+    result = {"folds": ks, "best_trial": best.number, "best_params": best.params,
+              "best": scores["best"], "default": scores["default"],
+              "delta_mean": float(delta.mean()), "delta_sd": sd, "delta_low": low,
+              "delta_high": high, "verdict": verdict}
+    atomic_write_json(settings.study_dir / "confirm.json", result)
+    print(f"confirmed on {n} fold(s): best {np.mean(scores['best']):.4f}, default "
+          f"{np.mean(scores['default']):.4f}, difference {delta.mean():+.4f} (95% CI "
+          f"{low:+.4f} to {high:+.4f}): {verdict}", flush=True)
+    return result
+
