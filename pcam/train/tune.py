@@ -112,12 +112,26 @@ def tune(settings: TuneSettings, study=None) -> dict:
     print(f"study {settings.study} at {settings.study_dir}: {finished(study)} of "
           f"{settings.trials} trials finished; searching {', '.join(d.name for d in space)}",
           flush=True)
+    taken = []
+
+    def objective(trial):
+        try:
+            return run_trial(trial, settings, space)
+        except Surplus:
+            taken.append(trial.number)
+            raise
+
     while finished(study) < settings.trials:
         if settings.timeout and time.monotonic() - start > settings.timeout * 60:
             print(f"--timeout {settings.timeout:g} min reached", flush=True)
             break
-        study.optimize(lambda trial: run_trial(trial, settings, space), n_trials=1,
-                       catch=(Surplus,))
+        study.optimize(objective, n_trials=1, catch=(Surplus,))
+        if taken:  # stop, rather than start surplus trials until the others end
+            print("the study's last trials are running in other processes (a killed "
+                  "process's trial counts until Optuna marks it failed, 2 minutes after its "
+                  "last heartbeat): this process stops; run it again to fill any that fail",
+                  flush=True)
+            break
     summary = write_best(study, settings)
     if settings.confirm and summary.get("best_trial") is not None:
         summary["confirmation"] = confirm(study, settings)
