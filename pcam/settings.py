@@ -540,12 +540,10 @@ class CompareSettings:
 class TuneSettings:
     """A search over training settings with Optuna (pcam.train.tune): each trial an ordinary run.
 
-    ``training`` is the template of every trial's run: the trial's sampled
-    values replace the fields the search space names.
+    ``training``: every trial's run, the fields the space names replaced.
     """
 
-    study: str = _opt("", "study name: its trials go to RUNS_DIR/NAME/trial_NNN/, its "
-                          "storage, best.toml and report to RUNS_DIR/NAME/")
+    study: str = _opt("", "study name: its trials, storage and report go to RUNS_DIR/NAME/")
     trials: int = _opt(20, "trials the study should have finished (completed or pruned); "
                            "run the command again to continue it to this number")
     timeout: float = _opt(0.0, "stop starting trials after this many minutes (0: no limit)")
