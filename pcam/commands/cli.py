@@ -68,10 +68,16 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
 
 def add_config(parser: argparse.ArgumentParser, cls) -> None:
     """``--config FILE`` and ``--print-config`` for a command whose settings are ``cls``."""
+    from pcam.config import fields_of
+
+    tables = sorted({where.split(".")[-1] for where, _, _ in fields_of(cls).values() if where})
     group = parser.add_argument_group(
-        "settings file", f"Options from a TOML file: {cls.__name__}'s fields, its sections "
-        "as tables ([data], [train], ...), as config.json nests them; every run writes "
-        "RUN/config.toml, which this takes. An option on the command line wins over the file.")
+        "settings file", "Options from a TOML file: the options above by their field names "
+        "(lr_finetune, not --lr-finetune)"
+        + (f", at the top or in their tables ({', '.join(f'[{t}]' for t in tables)})"
+           if tables else "")
+        + (". Every run writes RUN/config.toml, which this takes" if "train" in tables else "")
+        + ". An option on the command line wins over the file.")
     group.add_argument("--config", metavar="FILE", help="read options from this TOML file")
     group.add_argument("--print-config", action="store_true",
                        help="print the resolved settings as TOML (a file --config takes) "
