@@ -75,7 +75,7 @@ def read_config(path: str | Path, cls) -> dict:
         raise PcamError(f"{path}: not valid TOML ({err})") from None
     known = fields_of(cls)
     flat = {}
-    for key, value in _items(data):
+    for key, value in dotted_items(data):
         *tables, name = key.split(".")
         if name not in known or not known[name][0].endswith(".".join(tables)):
             raise PcamError(f"{path}: unknown key {key!r}; {cls.__name__} takes "
@@ -103,11 +103,12 @@ def _refused(path: Path, key: str, name: str, value, owner) -> None:
         raise PcamError(f"{path}: {key}: {err}") from None
 
 
-def _items(data: dict, prefix: str = ""):
-    """(dotted key, value) of a parsed TOML document; tables opened."""
+def dotted_items(data: dict, prefix: str = ""):
+    """(dotted key, value) of nested dicts (a TOML document, ``to_dict`` output):
+    every table opened, ``"train.lr_finetune"``."""
     for key, value in data.items():
         if isinstance(value, dict):
-            yield from _items(value, f"{prefix}{key}.")
+            yield from dotted_items(value, f"{prefix}{key}.")
         else:
             yield prefix + key, value
 
@@ -133,11 +134,12 @@ def _typed(path: Path, key: str, value, f: dataclasses.Field):
     raise PcamError(f"{path}: {key} = {value!r}: must be {what}")
 
 
-def nest_settings(flat: dict, cls):
+def nest_settings(flat: dict, cls, base: dict | None = None):
     """Settings of type ``cls`` from a flat ``{option: value}`` (``read_config``'s),
-    the options it lacks at their defaults."""
+    set over ``base`` (``to_dict`` output of settings of ``cls``); the options
+    neither gives at their defaults."""
     known = fields_of(cls)
-    nested: dict = {}
+    nested = base if base is not None else {}
     for name, value in flat.items():
         table = nested
         for part in filter(None, known[name][0].split(".")):

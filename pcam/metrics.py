@@ -187,9 +187,10 @@ def _evaluate_binary(labels, probs, threshold: float, classes, *, resamples: int
     low, high = bootstrap_auc(labels, probs, resamples=resamples, seed=seed)
     at = threshold_metrics(labels, probs, threshold)
     counts = np.array([[at["tn"], at["fp"]], [at["fn"], at["tp"]]])
-    value = auc(labels, _binary_probs(probs))  # one vs rest, either class: the same AUC
-    per_class = _per_class(counts, np.array([value, value]), classes)
-    return {**_binary_metrics(labels, probs), "auc_low": low, "auc_high": high, **at,
+    base = _binary_metrics(labels, probs)
+    # One vs rest, either class gives the same AUC.
+    per_class = _per_class(counts, np.array([base["auc"], base["auc"]]), classes)
+    return {**base, "auc_low": low, "auc_high": high, **at,
             "balanced_accuracy": _nanmean([c["sensitivity"] for c in per_class]),
             "per_class": per_class, "confusion": counts.tolist()}
 

@@ -67,26 +67,22 @@ class Task:
         classes, as PCam runs always had; ``prob_<class>`` per class for more."""
         return ["prob"] if self.binary else [f"prob_{c}" for c in self.classes]
 
-    def as_matrix(self, probs) -> np.ndarray:
-        """Probabilities as (N, K) for either task ((N,) of class 1 for two classes)."""
-        return as_matrix(probs)
-
     def file_columns(self, probs) -> np.ndarray:
         """(N, K) probabilities as the files' ``prob_columns``: (N, 1) of class 1
         for two classes, (N, K) for more."""
-        probs = self.as_matrix(probs)
+        probs = as_matrix(probs)
         return probs[:, 1:] if self.binary else probs
 
     def from_columns(self, frame) -> np.ndarray:
         """(N, K) probabilities from a table with the ``prob_columns``."""
-        return self.as_matrix(frame[self.prob_columns].to_numpy(np.float64)[:, -1]
-                              if self.binary else frame[self.prob_columns].to_numpy(np.float64))
+        values = frame[self.prob_columns].to_numpy(np.float64)
+        return as_matrix(values[:, 0] if self.binary else values)
 
     def predict(self, probs, threshold: float = 0.5) -> np.ndarray:
         """The predicted class of each row of (N, K) probabilities: for two
         classes class 1 when its probability reaches ``threshold`` (chosen on
         out-of-fold predictions), for more the most probable class."""
-        probs = self.as_matrix(probs)
+        probs = as_matrix(probs)
         if self.binary:
             return (probs[:, 1] >= threshold).astype(np.int64)
         return probs.argmax(axis=1)

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+from pcam.config import dotted_items
 from pcam.runs import LEGACY_CLASSES
 from pcam.task import Task
 
@@ -196,16 +197,8 @@ def _settings(title: str, values: dict | None) -> str:
         return f"<p class=\"meta\">{html.escape(title)}: not available.</p>"
     rows = "".join(f'<tr><td class="key">{html.escape(k)}</td>'
                    f'<td class="value">{html.escape(str(v))}</td></tr>'
-                   for k, v in _flatten(values))
+                   for k, v in dotted_items(values))
     return f"<details open><summary>{html.escape(title)}</summary><table>{rows}</table></details>"
-
-
-def _flatten(values: dict, prefix: str = ""):
-    for key, value in values.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield prefix + key, value
 
 
 def _fmt(value, fmt: str) -> str:

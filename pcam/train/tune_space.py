@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pcam.config import fields_of, tomllib
+from pcam.config import fields_of, nest_settings, tomllib
 from pcam.errors import PcamError
-from pcam.settings import RunSettings, from_dict, to_dict
+from pcam.settings import RunSettings, to_dict
 
 # Fields a search may not set: where things are, which run and fold, devices.
 NOT_SEARCHED = {"run", "runs_dir", "fold", "report", "recipe", "data_dir", "store_dir",
@@ -123,11 +123,4 @@ def _dimension(where: str, name: str, entry, template: RunSettings) -> Dimension
 
 def apply(template: RunSettings, params: dict) -> RunSettings:
     """``template`` with the fields ``params`` names set to its values."""
-    data = to_dict(template)
-    known = fields_of(RunSettings)
-    for name, value in params.items():
-        table = data
-        for part in filter(None, known[name][0].split(".")):
-            table = table[part]
-        table[name] = value
-    return from_dict(RunSettings, data)
+    return nest_settings(params, RunSettings, to_dict(template))
