@@ -44,7 +44,9 @@ def open_study(settings: TuneSettings, space: list[Dimension]):
     the same space, data and folds as when it was made."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # pcam prints each trial itself
+    # pcam prints each trial itself; Optuna's warnings would add a traceback for a
+    # surplus trial, which is no failure of the user's.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     settings.study_dir.mkdir(parents=True, exist_ok=True)
     url = settings.storage or f"sqlite:///{(settings.study_dir / 'study.db').resolve()}"
