@@ -190,6 +190,8 @@ class ModelInfo:
         source_side: the shorter side of the images its tiles were made from
             (``pcam.data.sources.Source.source_side``): a larger image is answered
             as windows of that side, each made a tile, at the training scale.
+        mpp: microns per pixel of those images (0: unknown), so that a whole
+            slide is read at the scale the model learnt (``pcam.explain.slides``).
     """
 
     classes: tuple[str, ...]
@@ -202,6 +204,7 @@ class ModelInfo:
     threshold: float = 0.5
     pcam_version: str = ""
     source_side: int = 0
+    mpp: float = 0.0
 
     @property
     def task(self) -> Task:

@@ -51,6 +51,8 @@ class Source:
         source_side: the shorter side of the images most of the tiles were
             made from (their scale: an image twice that size holds several
             tiles' worth of tissue); 0 when unknown.
+        mpp: microns per pixel of those images (PCam: 0.972; class folders:
+            what ``--mpp`` says); 0 when unknown.
     """
 
     kind: str
@@ -63,6 +65,7 @@ class Source:
     bad: tuple = ()
     summary: str = ""
     source_side: int = 0
+    mpp: float = 0.0
 
     @property
     def positive(self) -> str:
@@ -110,7 +113,7 @@ def _kaggle(root: Path, data: DataSettings) -> Source:
     summary = (f"Kaggle layout: {len(train.ids):,} train tiles ({classes[0]} {counts[0]:,}, "
                f"{classes[1]} {counts[1]:,}), {len(test.ids):,} test tiles, {size}x{size} TIFF")
     return Source("kaggle", classes, size, competition.LABEL_REGION, train, test,
-                  resize=False, summary=summary, source_side=size)
+                  resize=False, summary=summary, source_side=size, mpp=data.mpp or competition.MPP)
 
 
 # --- class folders ------------------------------------------------------------------
@@ -185,7 +188,7 @@ def _folders(root: Path, data: DataSettings) -> Source:
                + (f"; {len(others)} non-image file(s) ignored (e.g. {others[0]})" if others else ""))
     (common, _), = sizes.most_common(1) if sizes else [((tile_size, tile_size), 0)]
     return Source("folders", classes, tile_size, 0, train, test, resize=True,
-                  bad=tuple(bad), summary=summary, source_side=min(common))
+                  bad=tuple(bad), summary=summary, source_side=min(common), mpp=data.mpp)
 
 
 def _choose_classes(train_root: Path, present: list[str], data: DataSettings) -> tuple[str, ...]:

@@ -74,6 +74,11 @@ class Store:
         return int(self.manifest.get("label_region", 0))
 
     @property
+    def mpp(self) -> float:
+        """Microns per pixel of the images the tiles were made from (0: unknown)."""
+        return float(self.manifest.get("mpp", 0))
+
+    @property
     def nbytes(self) -> int:
         """Size of the raw tiles, which is what a RAM cache of the store holds."""
         return self.n_tiles * int(np.prod(self.manifest["tile_shape"]))
@@ -496,6 +501,7 @@ def _finish(split, source, out, chunks, names, fp, bad, say) -> Store:
                          for k, v in counts.items()},
         "tile_shape": [source.tile_size, source.tile_size, 3],
         "source_side": source.source_side,
+        "mpp": source.mpp,
         # Sizes let a re-run see a shard deleted or cut short (shard_problems).
         "shards": [{"file": name, "n_tiles": sum(t not in left_out for t in chunk),
                     "bytes": (out / name).stat().st_size}

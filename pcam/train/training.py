@@ -164,15 +164,15 @@ def _train_fold_once(settings: RunSettings, k: int, store: Store, folds: pd.Data
 
 def resolve(settings: RunSettings, store: Store) -> RunSettings:
     """``settings`` with the dataset's facts as the store recorded them (classes,
-    positive class, tile size) and the backbone's input size made explicit
-    (0: ``pcam.models.registry.default_image_size``): what the run's config.json keeps, so that
-    every later step reads them from there."""
+    positive class, tile size, microns per pixel unless ``--mpp`` said) and the
+    backbone's input size made explicit (0: ``pcam.models.registry.default_image_size``):
+    what the run's config.json keeps, so that every later step reads them from there."""
     # The store's folder is recorded as a full path: a later command, started
     # from another folder, finds the same store (the default is relative to the
     # working folder, pcam.places.default_store).
     data = dataclasses.replace(settings.data, source=store.manifest["kind"],
                                classes=store.classes, positive=store.manifest["positive"],
-                               tile_size=store.tile_size,
+                               tile_size=store.tile_size, mpp=settings.data.mpp or store.mpp,
                                store_dir=str(Path(store.path).parent.resolve()))
     fed = settings.augment.centre_crop or store.tile_size
     m = settings.model
@@ -533,7 +533,8 @@ def model_info(settings: RunSettings, store: Store, threshold: float = 0.5) -> M
                      label_region=store.label_region,
                      backbone=settings.model.backbone, image_size=settings.model.image_size,
                      threshold=threshold, pcam_version=__version__,
-                     source_side=int(store.manifest.get("source_side", 0)))
+                     source_side=int(store.manifest.get("source_side", 0)),
+                     mpp=settings.data.mpp or store.mpp)
 
 
 @tf.autograph.experimental.do_not_convert
