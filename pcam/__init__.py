@@ -4,14 +4,14 @@ The package is built in floors; a module imports only from its own folder and
 the floors below it (each subpackage's docstring says what it owns)::
 
     commands/, app.py     the commands and the app: parse, then call the library
-    explain/              Grad-CAM pages, heat maps
+    explain/              Grad-CAM pages, heat maps, whole slides
     report/               evaluation reports, figures, pages, the comparison's report
     train/                runs: phases, folds, checkpoints, devices, comparisons
     kaggle/               the competition's API and submission file
     predict/              TTA, ensembles, images of any size
     models/               backbones, create_model, Grad-CAM, saved models
     data/                 sources, images, tile stores, folds, tf.data, augmentation
-    runs, settings, config, task, metrics, places, recipes, io, locks, errors, quiet
+    runs, settings, options, config, task, metrics, places, recipes, io, locks, errors, quiet
                           (the ground)
 
 Modules import TensorFlow only where they need it, so the command-line help

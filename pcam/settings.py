@@ -429,7 +429,7 @@ class SlideSettings:
     batch_size: int = opt(256, "tiles x views per model call")
     min_tissue: float = opt(0.5, "keep a tile when at least this fraction of it is tissue")
     tissue_threshold: float = opt(0.0, "saturation (0-1) above which a thumbnail pixel is "
-                                       "tissue (0: Otsu's threshold, chosen per slide)")
+                                       "tissue (0: Otsu's threshold on log saturation, per slide)")
     slide_mpp: float = opt(0.0, "microns per pixel of the slides' full resolution (0: "
                                 "read from each slide's metadata)")
     run_mpp: float = opt(0.0, "microns per pixel of the images the run learnt from (0: its "

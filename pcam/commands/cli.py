@@ -55,7 +55,7 @@ def add_settings(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> N
             group.add_argument(flag, dest=f.name, default=f.default,
                                action=argparse.BooleanOptionalAction, help=help_text)
             continue
-        cpu = _cpu_recipe(f.name)
+        cpu = _cpu_recipe(f.name) if _trains(cls) else ""
         if f.default not in ("", 0, 0.0, -1, ()):
             help_text += f" (default: {f.default}{cpu})"
         elif cpu:
@@ -135,6 +135,14 @@ def machine_defaults(parser: argparse.ArgumentParser, argv, recipe: bool = True)
     chosen = recipes.choose(first.recipe, kind)
     parser.set_defaults(**chosen.defaults)
     return chosen
+
+
+def _trains(cls) -> bool:
+    """Whether ``cls`` is a part of a run's settings, whose options the recipes set
+    (``batch_size`` in predict's or slide's settings is another option)."""
+    from pcam.settings import RunSettings
+
+    return cls is RunSettings or any(section(f) is cls for f in dataclasses.fields(RunSettings))
 
 
 def _cpu_recipe(name: str) -> str:

@@ -36,10 +36,14 @@ def main(argv=None):
 
     result = read_slides(settings)
     done = len(result["rows"])
+    if settings.report:
+        print(f"{done} finished slide(s) gathered into {settings.out}/slides.csv and "
+              f"{settings.out}/index.html", flush=True)
+        return
     print(f"{len(result['read'])} slide(s) read now, {len(result['skipped'])} finished before, "
           f"{len(result['failed'])} failed; {done} in {settings.out}/slides.csv and "
           f"{settings.out}/index.html", flush=True)
-    for path, error in result["failed"]:
-        print(f"  failed: {path}: {error}", flush=True)
+    for path, error in result["failed"]:  # the error names the file, mostly
+        print(f"  failed: {error if path in error else f'{path}: {error}'}", flush=True)
     if result["failed"]:
         raise SystemExit(1)

@@ -32,6 +32,7 @@ from pcam.errors import PcamError
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".vms", ".vmu", ".bif",
                   ".svslide")
+OVERLAY_SUFFIX = ".overlay.tif"  # pcam's own probability maps (scripts/slide.py --overlay-tiff)
 BLOCK = 2048  # side of the blocks a thumbnail is read in: 12 MB of RGB at a time
 THUMB_MAX = 4096  # the longest side of a thumbnail: 48 MB of RGB for any slide
 MIN_SATURATION = 0.05  # JPEG noise on white glass reaches ~0.02; H&E tissue is 0.1-0.6
@@ -119,14 +120,16 @@ class Slide:
 
 def list_slides(paths: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
     """Slide files among ``paths`` (files as given; folders searched recursively
-    for slide suffixes), sorted, without duplicates, hidden files or anything
-    under ``exclude`` (the output folder: its overlay TIFFs are not slides)."""
+    for slide suffixes), sorted, without duplicates, hidden files, pcam's own
+    overlay TIFFs (``OVERLAY_SUFFIX``) or anything under ``exclude`` (the output
+    folder)."""
     found = []
     skip = Path(exclude).resolve() if exclude else None
     for p in map(Path, paths):
         if p.is_dir():
             found += [f for f in sorted(p.rglob("*")) if f.is_file()
                       and f.suffix.lower() in SLIDE_SUFFIXES
+                      and not f.name.lower().endswith(OVERLAY_SUFFIX)
                       and not any(is_hidden(part) for part in f.relative_to(p).parts)
                       and not (skip and (skip == f.resolve().parent
                                          or skip in f.resolve().parents))]
@@ -308,6 +311,8 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
     total, total_mean = weight[-1], mean[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
+    if not np.isfinite(between[:-1]).any():  # one value throughout: nothing to split
+        return 1.0
     return float(centres[int(np.nanargmax(between[:-1]))])
 
 

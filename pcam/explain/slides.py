@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from pcam.data.slides import BLOCK, THUMB_MAX, Slide, tissue_mask
+from pcam.data.slides import BLOCK, OVERLAY_SUFFIX, THUMB_MAX, Slide, tissue_mask
 from pcam.errors import PcamError
 from pcam.task import Task
 
@@ -375,7 +375,7 @@ def slide_files(out: Path, stem: str) -> dict[str, Path]:
     says the others are complete)."""
     return {kind: Path(out) / f"{stem}.{suffix}" for kind, suffix in (
         ("tiles", "tiles.csv"), ("geojson", "geojson"), ("heatmap", "heatmap.png"),
-        ("mask", "mask.png"), ("overlay", "overlay.tif"), ("done", "slide.json"))}
+        ("mask", "mask.png"), ("overlay", OVERLAY_SUFFIX[1:]), ("done", "slide.json"))}
 
 
 def write_slide(files: dict[str, Path], thumb: np.ndarray, thumb_ds: float, mask: np.ndarray,

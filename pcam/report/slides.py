@@ -44,8 +44,9 @@ def slides_page(rows: Sequence[dict], failed: Sequence[dict], classes: Sequence[
     columns = [k for k in HEADINGS if any(k in r for r in rows)]
     columns += [k for k in (rows[0] if rows else {}) if k.endswith("_mm2") and k not in columns]
     rows = sorted(rows, key=lambda r: -float(r.get(score, 0)))
-    head = "".join(f'<th data-k="{k}">{html.escape(HEADINGS.get(k, (k[:-4] + " mm²",))[0])}'
-                   "</th>" for k in ["slide", *columns, "heatmap"])
+    names = {"slide": "slide", "heatmap": "heat map", **{k: v[0] for k, v in HEADINGS.items()}}
+    head = "".join(f'<th data-k="{k}">{html.escape(names.get(k, k[:-4] + " mm²"))}</th>'
+                   for k in ["slide", *columns, "heatmap"])
     body = []
     for r in rows:
         cells = [f'<td data-v="{html.escape(str(r["slide"]))}">{html.escape(str(r["slide"]))}</td>']
