@@ -126,6 +126,25 @@ def loop(slide_path: str, run: str, n: int) -> None:
     print(json.dumps({"tiles": count, "tiles_per_s": count / seconds}))
 
 
+def model_only(run: str) -> None:
+    """The ceiling, in its own process: the model alone on 2,048 tiles in memory,
+    batched as slide.py sends them and one at a time as the loop does."""
+    from pcam.predict.ensemble import load_ensemble, predict_tiles
+
+    ensemble = load_ensemble(Path(run), [0])
+    tiles = np.random.default_rng(0).integers(0, 256, (2048, 96, 96, 3), np.uint8)
+    predict_tiles(ensemble, tiles[:256], (0,))
+    predict_tiles(ensemble, tiles[:1], (0,))
+    start = time.perf_counter()
+    predict_tiles(ensemble, tiles, (0,))
+    batched = len(tiles) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(300):
+        predict_tiles(ensemble, tiles[i:i + 1], (0,))
+    single = 300 / (time.perf_counter() - start)
+    print(json.dumps({"batched": batched, "single": single}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,15 +152,24 @@ def main() -> None:
     parser.add_argument("--sides", default="10000,20000")
     parser.add_argument("--loop-tiles", type=int, default=1000)
     parser.add_argument("--loop", nargs=3, help=argparse.SUPPRESS)  # the baseline's child
+    parser.add_argument("--make", nargs=2, help=argparse.SUPPRESS)  # a slide, in a child
+    parser.add_argument("--model-only", nargs=1, help=argparse.SUPPRESS)  # the ceiling's child
     args = parser.parse_args()
     if args.loop:
         return loop(args.loop[0], args.loop[1], int(args.loop[2]))
+    if args.make:
+        return make_slide(Path(args.make[0]), int(args.make[1])) and None
+    if args.model_only:
+        return model_only(args.model_only[0])
 
     run = make_run(args.work)
     rows, memory = [], []
     for side in (int(s) for s in args.sides.split(",")):
         folder = args.work / f"slides-{side}"
-        slide = make_slide(folder / f"mosaic-{side}.tif", side)
+        # Made in a child: a forked child's peak memory counts its parent's pages
+        # from before its exec, and the slide's pixels are 1.2 GB at 20,000².
+        slide = folder / f"mosaic-{side}.tif"
+        child([sys.executable, __file__, "--make", str(slide), str(side)])
         out = args.work / f"out-{side}"
         shutil.rmtree(out, ignore_errors=True)
         wall, peak, _ = child([sys.executable, str(REPO / "scripts" / "slide.py"), "--run",
@@ -158,6 +186,11 @@ def main() -> None:
                      f"{s['tissue']:.1f} / {s['reading']:.1f} ({s['waiting']:.1f} not hidden) / "
                      f"{s['model']:.1f} / {s['writing']:.1f}"))
         memory.append((f"{side:,}²", f"{peak:,.0f}", f"{loop_peak:,.0f}"))
+    _, _, said = child([sys.executable, __file__, "--model-only", str(run)])
+    ceiling = json.loads(said.strip().splitlines()[-1])
+    rows.append(("model alone (tiles in memory)", "2,048", f"{ceiling['batched']:.0f}",
+                 f"{ceiling['single']:.1f} (300 tiles)",
+                 f"{ceiling['batched'] / ceiling['single']:.1f}x", "", "the ceiling on this machine"))
     table("Whole slide: scripts/slide.py vs a per-tile read_region loop (same model, same tiles)",
           rows, ("slide", "tiles", "slide.py tiles/s", "loop tiles/s", "speed-up",
                  "slide.py wall s", "s: tissue / reading (not hidden) / model / writing"))
