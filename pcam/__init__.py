@@ -11,7 +11,8 @@ the floors below it (each subpackage's docstring says what it owns)::
     predict/              TTA, ensembles, images of any size
     models/               backbones, create_model, Grad-CAM, saved models
     data/                 sources, images, tile stores, folds, tf.data, augmentation
-    runs, settings, options, config, task, metrics, places, recipes, io, locks, errors, quiet
+    runs, settings, options, config, task, metrics, calibration, places, recipes, io, locks,
+    errors, quiet
                           (the ground)
 
 Modules import TensorFlow only where they need it, so the command-line help

@@ -184,6 +184,7 @@ def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
     map's peak (0: no evidence anywhere)."""
     import numpy as np
 
+    from pcam.calibration import apply_temperature
     from pcam.data.augment import compose, eval_ops
     from pcam.models.gradcam import gradcam
     from pcam.predict.ensemble import as_tiles
@@ -195,6 +196,7 @@ def explained(loaded: Loaded, image, target: str) -> tuple[bytes, float, float]:
     # K classes: each image's own predicted class by default, as explain.py does.
     index = None if target == PREDICTED else info.classes.index(target)
     heat, probs = gradcam(loaded.explain, fed, index)
+    probs = apply_temperature(probs, info.temperature)  # as the answer's probabilities are
     p_target = float(np.max(probs[0]) if index is None else probs[0][index])
     picture = explanation_panels(fed[0], heat[0], info.label_region, side=PANEL)
     return png(picture), p_target, float(heat[0].max())

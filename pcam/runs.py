@@ -192,6 +192,9 @@ class ModelInfo:
             as windows of that side, each made a tile, at the training scale.
         mpp: microns per pixel of those images (0: unknown), so that a whole
             slide is read at the scale the model learnt (``pcam.explain.slides``).
+        temperature: the run's logits are divided by it (``pcam.calibration``),
+            fitted on the pooled out-of-fold predictions once every fold has
+            finished (1.0 until then, and for runs of an older pcam).
     """
 
     classes: tuple[str, ...]
@@ -205,6 +208,7 @@ class ModelInfo:
     pcam_version: str = ""
     source_side: int = 0
     mpp: float = 0.0
+    temperature: float = 1.0
 
     @property
     def task(self) -> Task:
@@ -245,6 +249,15 @@ class ModelInfo:
 
 def info_path(model_path: Path) -> Path:
     return Path(model_path).with_name("model.json")
+
+
+def run_temperature(run_dir: Path, folds: Sequence[int]) -> float:
+    """The run's temperature (every fold's model.json holds the same; 1.0 without one)."""
+    for k in folds:
+        path = RunDir(Path(run_dir)).fold(k).info
+        if path.is_file():
+            return ModelInfo.from_json(path).temperature
+    return 1.0
 
 
 def read_folds(path: Path, remedy: str = "delete it, or start a new --run") -> pd.DataFrame:

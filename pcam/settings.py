@@ -303,6 +303,10 @@ class PredictSettings:
     average: str = opt("mean", "how the folds' (and the runs') predictions are combined: "
                                "mean of probabilities, or rank (mean of rank-normalised "
                                "predictions; fine for AUC)", choices=("mean", "rank"))
+    calibration: str = opt("temperature", "temperature: each run's probabilities at the "
+                                          "temperature fitted on its out-of-fold predictions "
+                                          "(none before every fold has finished); none: the "
+                                          "models' own", choices=("temperature", "none"))
     batch_size: int = opt(0, "images per model call, tiles x TTA views (0: twice the run's "
                              "training batch; prediction keeps no activations for "
                              "gradients, so that fits wherever training fitted)")

@@ -56,3 +56,44 @@ def test_scores_by_hand():
     np.testing.assert_allclose(bins["accuracy"], [0.5, 1.0])  # 0.3 for a 1 is a mistake
     assert bins["ece"] == pytest.approx((2 * abs(0.65 - 0.5) + 2 * abs(0.85 - 1.0)) / 4)
     assert fit_temperature([1, 1, 1], [0.9, 0.8, 0.7]) == 1.0  # one class: nothing to fit
+
+
+def test_a_finished_run_predicts_at_its_temperature(tiny_run, tmp_path):
+    """A 2-fold run: its temperature and calibrated threshold are in every fold's
+    model.json and cv.json; predict.py's probabilities are the models' own at
+    that temperature (--calibration none: the models' own), the ranking the same."""
+    import json
+
+    import pandas as pd
+
+    from pcam.commands.predict import predict
+    from pcam.runs import read_oof
+    from pcam.settings import PredictSettings
+
+    run = tiny_run.run_dir
+    infos = [json.loads((run / f"fold_{k}" / "model.json").read_text()) for k in (0, 1)]
+    temperature = infos[0]["temperature"]
+    assert temperature != 1.0 and infos[1]["temperature"] == temperature
+    cv = json.loads((run / "cv.json").read_text())
+    assert cv["calibration"]["temperature"] == temperature
+    oof = read_oof(run, [0, 1])
+    assert temperature == pytest.approx(fit_temperature(oof["label"], oof["prob"]), rel=1e-6)
+    from pcam.metrics import choose_threshold
+    assert infos[0]["threshold"] == pytest.approx(
+        choose_threshold(oof["label"], apply_temperature(oof["prob"].to_numpy(), temperature)))
+
+    tables = {}
+    for mode in ("temperature", "none"):
+        out = tmp_path / f"{mode}.csv"
+        record = predict(PredictSettings(run=str(run), folds=(0,), tta=1, out=str(out),
+                                         calibration=mode))
+        tables[mode] = (pd.read_csv(out, dtype={"id": str}), record)
+    (calibrated, rec_cal), (raw, rec_raw) = tables["temperature"], tables["none"]
+    assert (calibrated["id"] == raw["id"]).all()
+    # One fold: its answer at the run's temperature (with several, each fold's
+    # answer is, before their mean).
+    np.testing.assert_allclose(calibrated["label"],
+                               apply_temperature(raw["label"].to_numpy(), temperature), atol=1e-6)
+    assert not np.allclose(calibrated["label"], raw["label"], atol=1e-3)
+    assert rec_cal["settings"]["calibration"] == "temperature"
+    assert rec_raw["settings"]["calibration"] == "none"

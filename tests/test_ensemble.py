@@ -94,15 +94,25 @@ def test_an_ensemble_of_two_kaggle_runs_is_the_mean_of_their_submissions(pair, t
     assert not np.allclose(combine_runs(folds, "rank"), combine(sum(folds, []), "rank"))
 
 
+def calibrated_oof(run):
+    """A run's out-of-fold predictions at its temperature, as its predictions are made."""
+    from pcam.calibration import apply_temperature
+    from pcam.runs import read_oof
+
+    oof = read_oof(run, [0, 1]).set_index("id")
+    temperature = json.loads((run / "fold_0" / "model.json").read_text())["temperature"]
+    assert temperature != 1.0  # fitted once both folds finished
+    return oof.assign(prob=apply_temperature(oof["prob"].to_numpy(), temperature))
+
+
 def test_the_threshold_of_runs_with_the_same_folds_is_chosen_on_their_pooled_oof(
         pair, tiny_run, tmp_path):
-    from pcam.runs import read_oof
 
     a, b = pair
     images = sorted((Path(tiny_run.data.data_dir) / "test").glob("*.tif"))[:6]
     _, record = predicted([a, b], tmp_path / "ab.csv", images=tuple(map(str, images)))
-    oof_a = read_oof(a, [0, 1]).set_index("id")
-    oof_b = read_oof(b, [0, 1]).set_index("id").loc[oof_a.index]
+    oof_a, oof_b = calibrated_oof(a), calibrated_oof(b)
+    oof_b = oof_b.loc[oof_a.index]
     expected = choose_threshold(oof_a["label"], (oof_a["prob"] + oof_b["prob"]) / 2)
     alone = json.loads((a / "fold_0" / "model.json").read_text())["threshold"]
     assert record["threshold"] == pytest.approx(expected) and expected != pytest.approx(alone)
@@ -123,7 +133,6 @@ def test_the_threshold_of_runs_with_the_same_folds_is_chosen_on_their_pooled_oof
 def test_an_ensembles_submission_is_scored_at_the_threshold_of_its_runs_pooled_oof(
         pair, layout_cache, tmp_path):
     from pcam.report.evaluate import evaluate
-    from pcam.runs import read_oof
     from pcam.settings import EvaluateSettings
 
     a, b = pair
@@ -131,8 +140,8 @@ def test_an_ensembles_submission_is_scored_at_the_threshold_of_its_runs_pooled_o
     answers = str(layout_cache) + ".answers.csv"
     report = evaluate(EvaluateSettings(submission=str(tmp_path / "ab.csv"), answers=answers,
                                        bootstrap=200, gallery=0))
-    oof_a = read_oof(a, [0, 1]).set_index("id")
-    oof_b = read_oof(b, [0, 1]).set_index("id").loc[oof_a.index]
+    oof_a, oof_b = calibrated_oof(a), calibrated_oof(b)
+    oof_b = oof_b.loc[oof_a.index]
     expected = choose_threshold(oof_a["label"], (oof_a["prob"] + oof_b["prob"]) / 2)
     assert report["threshold"]["chosen_on"] == "pooled out-of-fold predictions"
     assert report["threshold"]["value"] == pytest.approx(expected)

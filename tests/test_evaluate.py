@@ -115,7 +115,7 @@ def test_training_writes_the_report_and_its_metrics_match_sklearn(tiny_run):
     run_dir = tiny_run.run_dir
     folder = run_dir / "report"
     record = check_report(folder, {"confusion.png", "roc_pr.png", "calibration.png",
-                                   "training_fold_0.png", "training_fold_1.png",
+                                   "reliability.png", "training_fold_0.png", "training_fold_1.png",
                                    "false_positives.png", "false_negatives.png",
                                    "false_positives_gradcam.png",
                                    "false_negatives_gradcam.png"})
@@ -123,8 +123,18 @@ def test_training_writes_the_report_and_its_metrics_match_sklearn(tiny_run):
     pooled = record["groups"]["pooled"]
     assert pooled["auc"] == pytest.approx(roc_auc_score(oof["label"], oof["prob"]))
     assert pooled["n"] == len(oof) == 300
+    # The report is of the probabilities as the run gives them: at its temperature,
+    # fitted on these predictions (so the log-loss cannot rise) and kept in model.json.
+    from pcam.calibration import apply_temperature
+
+    cal = record["calibration"]
+    info = json.loads((run_dir / "fold_0" / "model.json").read_text())
+    assert cal["temperature"] == pytest.approx(info["temperature"]) and cal["temperature"] != 1
+    assert cal["after"]["log_loss"] <= cal["before"]["log_loss"] + 1e-9
     t = record["threshold"]["value"]
-    assert pooled["f1"] == pytest.approx(f1_score(oof["label"], oof["prob"] >= t))
+    assert t == pytest.approx(info["threshold"])
+    calibrated = apply_temperature(oof["prob"].to_numpy(), cal["temperature"])
+    assert pooled["f1"] == pytest.approx(f1_score(oof["label"], calibrated >= t))
     fold_1 = oof[oof["fold"] == 1]
     assert record["groups"]["fold 1"]["auc"] == pytest.approx(
         roc_auc_score(fold_1["label"], fold_1["prob"]))

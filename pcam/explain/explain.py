@@ -60,6 +60,7 @@ def explain(settings: ExplainSettings) -> pd.DataFrame:
     """
     from dataclasses import replace
 
+    from pcam.calibration import apply_temperature
     from pcam.data.images import list_images
     from pcam.models.gradcam import explainer, gradcam
     from pcam.models.saved import load_model_with_info
@@ -87,6 +88,7 @@ def explain(settings: ExplainSettings) -> pd.DataFrame:
                         "from a run on these tiles?")
     explain_with = explainer(model)
     heat, probs = gradcam(explain_with, np.stack(tiles.images), target)
+    probs = apply_temperature(probs, info.temperature)  # as predict.py gives them
     return write(tiles, heat, probs, chosen, target, explain_with.layer,
                  explain_with.map_shape)
 

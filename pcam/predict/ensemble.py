@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from pcam import metrics
+from pcam.calibration import apply_temperature
 from pcam.data.images import IMAGE_SUFFIXES
 from pcam.errors import PcamError
 from pcam.models.saved import load_fold_model, load_model_with_info
 from pcam.predict.tta import (TTA_VIEWS, VIEW_NAMES, cached_tta_predictor, combine, predict_batches,
                               predict_store)
 from pcam.runs import (FOLDS, RunDir, finished_folds, load_run, read_folds, read_oof, resolve_folds,
-                       run_classes)
+                       ModelInfo, run_classes, run_temperature)
 from pcam.settings import AugmentSettings, DataSettings, PredictSettings, RunSettings, to_dict
 
 # --- the command ---------------------------------------------------------------
@@ -102,7 +103,7 @@ def _read_folds(run_dir: Path) -> pd.DataFrame | None:
     return read_folds(path).sort_values("id", kind="stable").reset_index(drop=True)
 
 
-def ensemble_oof(members: Sequence[Member], average: str = "mean"
+def ensemble_oof(members: Sequence[Member], average: str = "mean", calibrate: bool = True
                  ) -> tuple[pd.DataFrame | None, str]:
     """Out-of-fold predictions (id, label, prob) of two-class runs ensembled,
     or None and why none exist.
@@ -119,7 +120,8 @@ def ensemble_oof(members: Sequence[Member], average: str = "mean"
         done = finished_folds(m.run_dir, m.config.folds.folds)
         if not done:
             return None, f"run {m.run_dir} has no finished fold"
-        return read_oof(m.run_dir, done)[["id", "label", "prob"]], ""
+        oof = read_oof(m.run_dir, done)[["id", "label", "prob"]]
+        return oof.assign(prob=_calibrated(oof["prob"], m, calibrate)), ""
     for m in members:
         done = finished_folds(m.run_dir, m.config.folds.folds)
         if len(done) < m.config.folds.folds:
@@ -133,13 +135,34 @@ def ensemble_oof(members: Sequence[Member], average: str = "mean"
                           "prediction of the ensemble exists; train the runs with the same "
                           "--folds, --seed and data for one")
     ids = tables[0]["id"]
-    probs = [read_oof(m.run_dir, range(m.config.folds.folds)).set_index("id")
-             .loc[ids, "prob"].to_numpy(np.float64) for m in members]
+    probs = [_calibrated(read_oof(m.run_dir, range(m.config.folds.folds)).set_index("id")
+                         .loc[ids, "prob"].to_numpy(np.float64), m, calibrate)
+             for m in members]
     return pd.DataFrame({"id": ids, "label": tables[0]["label"],
                          "prob": combine(probs, average)}), ""
 
 
-def ensemble_threshold(members: Sequence[Member], average: str = "mean") -> tuple[float, str]:
+def _calibrated(prob, member: Member, calibrate: bool) -> np.ndarray:
+    """A run's out-of-fold p(class 1) as its predictions are made: at its temperature."""
+    folds = member.folds or range(member.config.folds.folds)
+    temperature = run_temperature(member.run_dir, folds) if calibrate else 1.0
+    return apply_temperature(np.asarray(prob, np.float64), temperature)
+
+
+def member_threshold(member: Member, calibrate: bool = True) -> float:
+    """A run's own two-class threshold (every fold's model.json), chosen on its
+    calibrated out-of-fold predictions: without calibration, the same cut moved
+    back to the models' own scale (0.5 for a model without a model.json)."""
+    path = RunDir(member.run_dir).fold(member.folds[-1]).info
+    if not path.is_file():
+        return 0.5
+    info = ModelInfo.from_json(path)
+    return float(info.threshold if calibrate
+                 else apply_temperature(np.array([info.threshold]), 1 / info.temperature)[0])
+
+
+def ensemble_threshold(members: Sequence[Member], average: str = "mean", calibrate: bool = True
+                       ) -> tuple[float, str]:
     """The two-class decision threshold of several runs ensembled, and why
     it is 0.5 when it cannot be chosen ("" when it was).
 
@@ -149,7 +172,7 @@ def ensemble_threshold(members: Sequence[Member], average: str = "mean") -> tupl
     probabilities themselves do not depend on it: only the ``predicted``
     column does.
     """
-    oof, why = ensemble_oof(members, average)
+    oof, why = ensemble_oof(members, average, calibrate)
     if oof is None:
         return 0.5, f"threshold 0.5: {why}"
     return metrics.choose_threshold(oof["label"].to_numpy(), oof["prob"].to_numpy()), ""
@@ -213,6 +236,7 @@ def predict_test_sets(members: Sequence[Member], settings: PredictSettings, view
     from pcam.data.store import prepare
 
     per_run, index, bad = [], None, []
+    calibrate = settings.calibration == "temperature"
     for m in members:
         data = data_settings(m.config, settings)
         found = prepare(data, splits=("test",))
@@ -235,11 +259,12 @@ def predict_test_sets(members: Sequence[Member], settings: PredictSettings, view
         position = pd.Series(np.arange(store.n_tiles), index=ids)[index["id"]].to_numpy()
         prefix = f"{m.run_dir.name} " if len(members) > 1 else ""
         per_fold = []
+        temperature = run_temperature(m.run_dir, m.folds) if calibrate else 1.0
         for k in m.folds:  # one model in memory at a time
             model = load_fold_model(RunDir(m.run_dir).fold(k).model)
             probs = predict_store(model, store, views, batch_images, m.config.augment,
                                   desc=prefix + desc.format(k=k, views=len(views)))
-            per_fold.append(probs[position])
+            per_fold.append(apply_temperature(probs[position], temperature))
             del model
         per_run.append(per_fold)
     return per_run, index, bad
@@ -268,8 +293,13 @@ def as_tiles(arrays: Sequence[np.ndarray], tile_size: int) -> np.ndarray:
 
 def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = TTA_VIEWS[8],
                   augment: AugmentSettings = AugmentSettings(), batch_images: int = 256,
-                  average: str = "mean") -> np.ndarray:
+                  average: str = "mean", calibrate: bool = True) -> np.ndarray:
     """Class probabilities of uint8 tiles (N, S, S, 3) by an ensemble x TTA views.
+
+    Args:
+        calibrate: each model's probabilities at its run's temperature
+            (``ModelInfo.temperature``) before they are combined, as its
+            out-of-fold predictions were when the temperature was fitted.
 
     Returns:
         (N, K) class probabilities.
@@ -278,11 +308,13 @@ def predict_tiles(ensemble: Sequence, tiles: np.ndarray, views: Sequence[int] = 
 
     fed = np.asarray(compose(eval_ops(augment))(tiles, None)) if len(tiles) else tiles
     per_model = []
-    for model, _ in ensemble:
+    for model, info in ensemble:
         predictor = cached_tta_predictor(model, views, fed.shape[1:], fed.dtype)
         step = max(1, batch_images // len(views))
-        per_model.append(predict_batches(
-            predictor, (fed[i:i + step] for i in range(0, len(fed), step))))
+        probs = predict_batches(predictor, (fed[i:i + step] for i in range(0, len(fed), step)))
+        # A bare model (no ModelInfo: tests, benchmarks) has no temperature.
+        calibrated = calibrate and info is not None
+        per_model.append(apply_temperature(probs, info.temperature if calibrated else 1.0))
     if not len(tiles):
         units = ensemble[0][0].output_shape[-1]
         return np.zeros((0, max(units, 2)), np.float32)  # a sigmoid's one unit: two classes

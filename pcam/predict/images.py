@@ -18,12 +18,12 @@ import pandas as pd
 from pcam.data.images import list_images
 from pcam.errors import SHOW, PcamError
 from pcam.io import atomic_path, atomic_write_json, cannot_write, check_writable
-from pcam.predict.ensemble import (ensemble_line, ensemble_name, ensemble_threshold,
+from pcam.predict.ensemble import (ensemble_line, ensemble_name, ensemble_threshold, member_threshold,
                                    images_per_call, inputs_name, iso_time, load_ensemble,
                                    load_members, model_files, predict_test_sets, predict_tiles,
                                    runs_record)
 from pcam.predict.tta import TTA_VIEWS, combine, combine_runs
-from pcam.runs import ModelInfo, RunDir, info_path, run_classes
+from pcam.runs import run_classes
 from pcam.settings import PredictSettings, to_dict
 from pcam.task import Task, as_matrix
 
@@ -177,19 +177,20 @@ def predict_images(settings: PredictSettings) -> dict:
     decoded = _decoded(paths)
     views = TTA_VIEWS[settings.tta]
     per_run, threshold = [], 0.5
+    calibrate = settings.calibration == "temperature"
     print(f"{ensemble_line(members, views, settings.average)}; {len(paths):,} image(s)",
           flush=True)
     for m in members:
         ensemble = load_ensemble(m.run_dir, m.folds)
         info = ensemble[0][1]
-        threshold = info.threshold
+        threshold = member_threshold(m, calibrate)
         tiles, owner = images_as_tiles(decoded, info.tile_size, info.window)
         print(f"run {m.run_dir}: the images as {len(tiles):,} tile(s) of {info.tile_size}x"
               f"{info.tile_size} (an image at least {2 * info.window} px a side: the "
               f"{info.window} px windows that cover it)", flush=True)
         per_run.append(answer_images(
             predict_tiles(ensemble, tiles, views, m.config.augment, images_per_call(settings, m),
-                          settings.average), owner, len(decoded), threshold))
+                          settings.average, calibrate), owner, len(decoded), threshold))
         del ensemble
     # predict_tiles combined each run's folds; the runs are combined as combine_runs does.
     probs = (per_run[0].probs if len(per_run) == 1
@@ -197,7 +198,7 @@ def predict_images(settings: PredictSettings) -> dict:
     answers = ImageAnswers(probs, per_run[0].tiles,
                            np.mean([a.areas for a in per_run], axis=0))
     threshold, note = ((threshold, "") if len(members) == 1 or len(classes) != 2
-                       else ensemble_threshold(members, settings.average))
+                       else ensemble_threshold(members, settings.average, calibrate))
     table = with_areas(probability_table(paths, probs, classes, threshold), answers, classes)
     return _write_probabilities(table, probs, labels, out, settings, members, threshold,
                                 note, start)
@@ -230,14 +231,11 @@ def predict_folder_test(settings: PredictSettings) -> dict:
         "folders) or --answers DIR (labelled class folders)", desc="x{views}")
     probs = combine_runs(per_run, settings.average)
     classes = run_classes(members[0].config)
+    calibrate = settings.calibration == "temperature"
     if len(members) == 1 or len(classes) != 2:
-        # One run's own threshold, in every fold's model.json (0.5 for a model without one).
-        model = RunDir(members[0].run_dir).fold(members[0].folds[-1]).model
-        threshold = (ModelInfo.from_json(info_path(model)).threshold
-                     if info_path(model).is_file() else 0.5)
-        note = ""
+        threshold, note = member_threshold(members[0], calibrate), ""
     else:
-        threshold, note = ensemble_threshold(members, settings.average)
+        threshold, note = ensemble_threshold(members, settings.average, calibrate)
     table = probability_table(index["id"], probs, classes, threshold)
     labelled = (index["label"] >= 0).all()
     return _write_probabilities(table, probs, index["label"].to_numpy() if labelled else None,

@@ -365,6 +365,29 @@ def calibration(groups: dict[str, pd.DataFrame], classes: Sequence[str],
     return fig
 
 
+def reliability(labels, before, after, temperature: float) -> Figure:
+    """Reliability diagram: accuracy against confidence (the most probable class's
+    probability) in 15 bins, before and after the temperature, with ECE."""
+    from pcam.calibration import reliability as bins_of
+
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    for probs, name, style in ((before, "before", dict(color="tab:red", ls="--")),
+                               (after, f"after (T = {temperature:.2f})",
+                                dict(color="black", lw=2))):
+        bins = bins_of(labels, probs)
+        shown = bins["count"] > 0
+        ax.plot(bins["confidence"][shown], bins["accuracy"][shown], marker="o", ms=4,
+                label=f"{name}: ECE {bins['ece']:.3f}", **style)
+    low = bins["edges"][0]
+    ax.plot([low, 1], [low, 1], ls=":", color="grey", label="perfectly calibrated")
+    ax.set(xlabel="confidence (probability of the predicted class)",
+           ylabel="accuracy (fraction predicted right)", xlim=(low, 1), ylim=(0, 1.01),
+           title="Reliability, pooled out-of-fold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
 def explanation(tile: np.ndarray, heat: np.ndarray, title: str, subtitle: str,
                 path: Path | None = None, label_region: int = 0):
     """One tile's Grad-CAM: the tile, the heat map (with its scale) and the

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from pcam.calibration import apply_temperature
 from pcam.data.competition import LABEL_REGION
 from pcam.data.store import Store, open_store
 from pcam.errors import PcamError
@@ -20,8 +21,8 @@ from pcam.kaggle.submission import read_answers
 from pcam.places import default_store
 from pcam.predict.ensemble import Member, ensemble_oof
 from pcam.report import figures
-from pcam.runs import (LEGACY_CLASSES, RunDir, finished_folds, load_run, prob_columns, read_history,
-                       read_oof, run_classes)
+from pcam.runs import (LEGACY_CLASSES, RunDir, finished_folds, load_run, prob_columns,
+                       read_history, read_oof, run_classes, run_temperature)
 from pcam.settings import RunSettings
 from pcam.task import Task
 
@@ -54,6 +55,10 @@ class Source:
             outlined on gallery tiles (PCam: 32; class folders: 0, none).
         threshold: a two-class threshold decided elsewhere (the run's), used
             instead of choosing one.
+        calibration: a run's temperature (``temperature``) and its pooled
+            out-of-fold predictions before it (``before``, a frame like the
+            groups'), whose groups are then at that temperature; None: not
+            calibrated.
     """
 
     title: str
@@ -67,6 +72,7 @@ class Source:
     models: dict[int, Path] = field(default_factory=dict)
     label_region: int = 0
     threshold: float | None = None
+    calibration: dict | None = None
 
     @property
     def task(self) -> Task:
@@ -89,6 +95,12 @@ def run_source(run_dir: Path) -> Source:
         check_labels(oof[k], classes, str(RunDir(run_dir).fold(k).oof))
     groups = {f"fold {k}": frame for k, frame in oof.items()}
     groups[POOLED] = pd.concat(oof.values(), ignore_index=True)
+    temperature = run_temperature(run_dir, done)
+    calibration = None
+    if temperature != 1.0:  # the probabilities as the run's predictions give them
+        calibration = {"temperature": temperature, "before": groups[POOLED]}
+        groups = {name: at_temperature(frame, classes, temperature)
+                  for name, frame in groups.items()}
     notes = []
     if len(done) < config.folds.folds:
         notes.append(f"{len(done)} of {config.folds.folds} folds are finished; the pooled "
@@ -99,7 +111,15 @@ def run_source(run_dir: Path) -> Source:
                   histories={k: read_history(RunDir(run_dir).fold(k).path) for k in done},
                   store=store, notes=notes,
                   models={k: RunDir(run_dir).fold(k).model for k in done},
-                  label_region=label_region(store, classes))
+                  label_region=label_region(store, classes), calibration=calibration)
+
+
+def at_temperature(frame: pd.DataFrame, classes: Sequence[str], temperature: float
+                   ) -> pd.DataFrame:
+    """A predictions table with its probability columns at ``temperature``."""
+    task = Task(tuple(classes))
+    probs = apply_temperature(task.from_columns(frame), temperature)
+    return frame.assign(**dict(zip(task.prob_columns, task.file_columns(probs).T)))
 
 
 def submission_source(path: Path, answers: str) -> Source:
@@ -141,7 +161,8 @@ def submission_source(path: Path, answers: str) -> Source:
                             "a submission holds one probability per tile, so it is scored for "
                             "two-class runs only (report a labelled K-class test set with "
                             "scripts/predict.py)")
-        oof, why = ensemble_oof(members, run.get("average", "mean"))
+        oof, why = ensemble_oof(members, run.get("average", "mean"),
+                                run.get("settings", {}).get("calibration") != "none")
     if oof is None:
         notes.append(f"No out-of-fold predictions of the submission's runs ({why}), so the "
                      "threshold was chosen on these test tiles themselves: the metrics at the "

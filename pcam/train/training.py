@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pcam import __version__, locks, metrics, places, runs, task
+from pcam import __version__, calibration, locks, metrics, places, runs, task
 from pcam.config import write_config
 from pcam.data.augment import on_model
 from pcam.data.folds import assign_folds, check_folds, class_weights, load_or_assign, subset
@@ -548,9 +548,10 @@ def _images_only(images, labels):
 def summarise(run_dir: Path, k_all: int) -> dict | None:
     """CV summary of a run (printed and saved as cv.json) once all folds are finished.
 
-    For two classes it also chooses the decision threshold on the pooled
-    out-of-fold predictions (Youden's J) and records it in every fold's
-    model.json, so that a model used on its own answers as the report does.
+    It fits the run's temperature on the pooled out-of-fold predictions
+    (``pcam.calibration``) and, for two classes, chooses the decision threshold
+    on them calibrated (Youden's J); both go into every fold's model.json, so
+    that a model used on its own answers as the report does.
     """
     done = runs.finished_folds(run_dir, k_all)
     if len(done) < k_all:
@@ -563,14 +564,25 @@ def summarise(run_dir: Path, k_all: int) -> dict | None:
     oof = runs.read_oof(run_dir, done)
     probs = runs.probabilities(oof, classes)
     summary = metrics.cv_summary(finished, oof["label"], probs, classes)
+    temperature = calibration.fit_temperature(oof["label"], probs)
+    calibrated = calibration.apply_temperature(probs, temperature)
+    summary["calibration"] = {
+        "temperature": temperature,
+        "before": calibration.calibration_metrics(oof["label"], probs),
+        "after": calibration.calibration_metrics(oof["label"], calibrated)}
+    facts = {"temperature": temperature}
     if len(classes) == 2:
-        threshold = metrics.choose_threshold(oof["label"], probs)
-        summary["threshold"] = threshold
-        for k in done:
-            path = RunDir(run_dir).fold(k).info
-            if path.is_file():
-                info = ModelInfo.from_json(path)
-                ModelInfo(**{**dataclasses.asdict(info), "threshold": threshold}).to_json(path)
+        facts["threshold"] = summary["threshold"] = metrics.choose_threshold(oof["label"],
+                                                                             calibrated)
+    for k in done:
+        path = RunDir(run_dir).fold(k).info
+        if path.is_file():
+            info = ModelInfo.from_json(path)
+            ModelInfo(**{**dataclasses.asdict(info), **facts}).to_json(path)
     atomic_write_json(RunDir(run_dir).cv, summary)
     print(metrics.format_cv(summary), flush=True)
+    cal = summary["calibration"]
+    print(f"calibration: temperature {temperature:.3f} fitted on the out-of-fold predictions; "
+          f"ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, log-loss "
+          f"{cal['before']['log_loss']:.4f} -> {cal['after']['log_loss']:.4f}", flush=True)
     return summary
