@@ -4,6 +4,8 @@ The package is built in floors; a module imports only from its own folder and
 the floors below it (each subpackage's docstring says what it owns)::
 
     commands/, app.py     the commands and the app: parse, then call the library
+    serve/                the REST API (FastAPI), requests batched
+    export/               a run as one artifact: SavedModel, TFLite
     explain/              Grad-CAM pages, heat maps, whole slides
     report/               evaluation reports, figures, pages, the comparison's report
     train/                runs: phases, folds, checkpoints, devices, comparisons

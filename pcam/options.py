@@ -104,3 +104,19 @@ def to_json(settings, path: Path) -> None:
 
 def from_json(cls, path: Path):
     return from_dict(cls, json.loads(Path(path).read_text()))
+
+
+def changed_on_resume(now, then: dict) -> list[str]:
+    """The settings (``section.key``) in which ``now`` differs from a started
+    run's saved ``then`` in what is trained: every field but those declared
+    ``resumable`` (the run's name and place, its data's place, devices).
+
+    A setting missing from ``then`` is newer than the run (e.g.
+    ``train.oof_tta``) and is not compared: no value given now could match
+    it, and refusing would strand every run started by an older pcam.
+    """
+    may_change = {f.name for f in dataclasses.fields(now) if f.metadata.get("resumable")}
+    now = to_dict(now)
+    return [f"{part}.{key}" for part in now if part not in may_change
+            for key in now[part] if key in then.get(part, {})
+            and now[part][key] != then[part][key]]

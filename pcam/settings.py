@@ -8,13 +8,13 @@ resolved settings are written beside everything a run produces
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # The (de)serialisers are re-exported: callers import them from here, with the classes.
-from pcam.options import (at_least, check, fraction, from_dict, from_json,  # noqa: F401
-                          non_negative_number, opt, positive_number, section, to_dict, to_json)
+from pcam.options import (at_least, changed_on_resume, check, fraction, from_dict,  # noqa: F401
+                          from_json, non_negative_number, opt, positive_number, section, to_dict,
+                          to_json)
 
 
 @dataclass(frozen=True)
@@ -471,6 +471,50 @@ class SlideSettings:
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    """Which run leaves pcam, how, and where (pcam.export)."""
+
+    run: str = opt("", "the run folder to export (runs/NAME)")
+    folds: tuple = opt((), "fold numbers in the ensemble; empty: every finished fold")
+    tta: int = opt(8, "dihedral views averaged inside the artifact (1: none; 8: all, as "
+                      "predict.py's default)", choices=(1, 2, 4, 8))
+    format: str = opt("savedmodel", "savedmodel (TensorFlow, any language with TF bindings, "
+                                    "TF Serving) or tflite (phones, edge devices)",
+                      choices=("savedmodel", "tflite"))
+    calibration: str = opt("temperature", "temperature: the run's calibrated probabilities; "
+                                          "none: the models' own",
+                           choices=("temperature", "none"))
+    out: str = opt("", "the export's folder, replaced when complete (default: exports/RUN-FORMAT)")
+
+    def __post_init__(self):
+        check(self, folds=(lambda v: all(isinstance(k, int) and k >= 0 for k in v),
+                           "fold numbers, 0 or more"))
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Which model the REST API serves, where, and how requests are batched (pcam.serve)."""
+
+    run: str = opt("", "the run folder to serve (runs/NAME), or --model")
+    model: str = opt("", "one fold's best.keras (its model.json beside it) instead of a run")
+    folds: tuple = opt((), "fold numbers in the ensemble; empty: every finished fold")
+    tta: int = opt(1, "dihedral views per tile (1: none; 8: as predict.py's default, at 8x "
+                      "the model's time)", choices=(1, 2, 4, 8))
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every network interface)")
+    port: int = opt(8000, "port to listen on")
+    batching: bool = opt(True, "gather concurrent requests' tiles into one model call")
+    max_batch: int = opt(64, "tiles gathered into one model call")
+    max_wait_ms: float = opt(5.0, "how long a model call waits for more requests (ms)")
+    max_body_mb: float = opt(50.0, "the largest request accepted (MB); larger ones get 413")
+
+    def __post_init__(self):
+        check(self, port=at_least(0), max_batch=at_least(1),
+              max_wait_ms=non_negative_number(), max_body_mb=positive_number(),
+              folds=(lambda v: all(isinstance(k, int) and k >= 0 for k in v),
+                     "fold numbers, 0 or more"))
+
+
+@dataclass(frozen=True)
 class CompareSettings:
     """Which backbones are compared, on the same folds, and where (pcam.train.compare, pcam.report.compare).
 
@@ -553,19 +597,3 @@ class TuneSettings:
     @property
     def study_dir(self) -> Path:
         return Path(self.training.runs_dir) / self.study
-
-
-def changed_on_resume(now: RunSettings, then: dict) -> list[str]:
-    """The settings (``section.key``) in which ``now`` differs from a started
-    run's saved ``then`` in what is trained: every field but those declared
-    ``resumable`` (the run's name and place, its data's place, devices).
-
-    A setting missing from ``then`` is newer than the run (e.g.
-    ``train.oof_tta``) and is not compared: no value given now could match
-    it, and refusing would strand every run started by an older pcam.
-    """
-    may_change = {f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("resumable")}
-    now = to_dict(now)
-    return [f"{part}.{key}" for part in now if part not in may_change
-            for key in now[part] if key in then.get(part, {})
-            and now[part][key] != then[part][key]]

@@ -65,7 +65,7 @@ def tta_predictor(model, views: Sequence[int], batch_spec=None):
     import tensorflow as tf
 
     views = _check_views(views)
-    predict = _tta_function(lambda: model, views, model.output_shape[-1])
+    predict = tta_graph(lambda: model, views, model.output_shape[-1])
     if batch_spec is not None:
         return tf.function(predict, input_signature=[batch_spec])
     # reduce_retracing: after a second batch size, one graph serves every size.
@@ -103,7 +103,7 @@ def cached_tta_predictor(model, views: Sequence[int], image_shape: Sequence[int]
         if key not in graphs:
             # The graph reaches the model through a weak reference: a strong one
             # would keep the model, the dictionary's key, alive for ever.
-            predict = _tta_function(weakref.ref(model), views, model.output_shape[-1])
+            predict = tta_graph(weakref.ref(model), views, model.output_shape[-1])
             graphs[key] = tf.function(predict, input_signature=[
                 tf.TensorSpec((None, *shape), tf.as_dtype(dtype))])
         return graphs[key]
@@ -116,7 +116,7 @@ def _check_views(views: Sequence[int]) -> tuple:
     return views
 
 
-def _tta_function(get_model, views: tuple, units: int):
+def tta_graph(get_model, views: tuple, units: int):
     """The Python body of a TTA predictor; ``get_model()`` gives the model when traced."""
     import tensorflow as tf
 
