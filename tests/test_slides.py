@@ -272,10 +272,10 @@ def test_killed_folder_resumes_where_it_stopped(run, tmp_path):
     slides = tmp_path / "slides"
     slides.mkdir()
     for k in range(4):
-        write_tiff(slides / f"s{k}.tif", make_mosaic(24, offset=20 * k).image, PCAM_MPP)
+        write_tiff(slides / f"s{k}.tif", make_mosaic(16, offset=20 * k).image, PCAM_MPP)
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "scripts" / "slide.py"), "--run", str(run), str(slides),
-           "--out", str(out), "--tta", "8"]
+           "--out", str(out), "--tta", "4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
