@@ -7,7 +7,8 @@ does not depend on the weights) is served on a loopback port by the real
 server; CLIENTS threads each post one real 96 px PCam tile (JPEG, as a raw
 body) after another for SECONDS, and every answer's latency is kept. For
 each client count: requests/s and p50/p95/p99 latency of
-  1. the server with dynamic batching (the default: up to 64 tiles, 5 ms);
+  1. the server with dynamic batching (the default: up to 64 tiles, taking the
+     requests that came while the last model call ran; --max-wait-ms to wait);
   2. the same server with --no-batching (one model call per request);
 and, once, the ceiling: the same model called in-process on tiles in memory,
 64 at a time (``predict_tiles``), in tiles/s. Peak memory (VmHWM) of each
@@ -50,12 +51,13 @@ def make_run(work: Path, backbone: str) -> Path:
     return run
 
 
-def start(run: Path, port: int, batching: bool) -> subprocess.Popen:
+def start(run: Path, port: int, batching: bool, wait_ms: float = 0.0) -> subprocess.Popen:
     import httpx
 
     cmd = [sys.executable, "-c", "from pcam.commands.serve import main; main()", "--run",
            str(run), "--port", str(port), "--folds", "0"]
-    proc = subprocess.Popen(cmd + ([] if batching else ["--no-batching"]),
+    proc = subprocess.Popen(cmd + (["--max-wait-ms", str(wait_ms)] if batching
+                                   else ["--no-batching"]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--work", type=Path, default=Path("bench-serve"))
+    parser.add_argument("--max-wait-ms", type=float, default=0.0,
+                        help="the batched server's wait for more requests")
     args = parser.parse_args()
 
     import socket
@@ -131,7 +135,7 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        proc = start(run, port, batching)
+        proc = start(run, port, batching, args.max_wait_ms)
         url = f"http://127.0.0.1:{port}"
         try:
             load(url, body, 4, 2)  # warm: graphs traced for the batch sizes seen

@@ -504,7 +504,8 @@ class ServeSettings:
     port: int = opt(8000, "port to listen on")
     batching: bool = opt(True, "gather concurrent requests' tiles into one model call")
     max_batch: int = opt(64, "tiles gathered into one model call")
-    max_wait_ms: float = opt(5.0, "how long a model call waits for more requests (ms)")
+    max_wait_ms: float = opt(0.0, "how long a model call waits for more requests (ms; 0: it "
+                                  "takes those that came while the last call ran)")
     max_body_mb: float = opt(50.0, "the largest request accepted (MB); larger ones get 413")
 
     def __post_init__(self):

@@ -40,7 +40,7 @@ class BadInput(Exception):
 
 
 def create_app(ensemble: Sequence, identity: dict, views: Sequence[int], *, max_tiles: int = 256,
-               max_wait: float = 0.005, max_body_mb: float = 50.0):
+               max_wait: float = 0.0, max_body_mb: float = 50.0):
     """The FastAPI application serving ``ensemble`` (``(model, ModelInfo)`` pairs).
 
     Args:

@@ -1,13 +1,16 @@
 """Dynamic batching: the tiles of concurrent requests through the model in one call.
 
 A request hands its tiles to ``Batcher.submit`` and gets a future. One worker
-thread takes the first waiting request, then keeps taking requests for up to
-``max_wait`` seconds or until ``max_tiles`` tiles are gathered, runs them
+thread takes the first waiting request, then every request already waiting
+(those that came while the last call ran) and, with ``max_wait``, those that
+come within that many seconds, up to ``max_tiles`` tiles, runs them
 through ``predict_tiles`` (fold ensemble x TTA x temperature, predict.py's
 code) in one call, and hands each request its rows. On a CPU a batch of 64
 tiles costs far less than 64 calls of one (``benchmarks/serve.py``); with
 ``max_wait = 0`` and ``max_tiles = 0`` every request is its own call (the
-unbatched server the benchmark compares against).
+unbatched server the benchmark compares against). Waiting measured no gain:
+with the compact CNN, 5 ms of it cost 8 ms at one client (p50 21.5 against
+13.6 ms) and served 145 requests/s at 16 clients against 160 without.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ class Batcher:
     """One model, called from one thread, fed by many requests."""
 
     def __init__(self, ensemble: Sequence, views: Sequence[int], max_tiles: int = 256,
-                 max_wait: float = 0.005):
+                 max_wait: float = 0.0):
         from pcam.settings import AugmentSettings
 
         self.ensemble, self.views = ensemble, tuple(views)
