@@ -24,7 +24,7 @@ import json
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -91,7 +91,6 @@ class Timings:
     waiting: float = 0.0
     model: float = 0.0
     writing: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def choose_level(slide: Slide, target_mpp: float) -> int:
